@@ -1,0 +1,327 @@
+"""The ``station`` command line. Exit codes: 0 ok, 1 user or config error, 2 usage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from station import __version__
+from station.config import DicomDestinationConfig, StationConfig, load_config
+from station.dispatch.dicom import Peer, echo, store
+from station.errors import ConfigError, RejectedInstance, SendError
+from station.journal import Instance, Journal
+from station.service import Station, load_setup
+from station.spool import identify
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="station: receive DICOM, route it per series, forward it reliably.",
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="STATION_CONFIG",
+        dir_okay=False,
+        help="YAML config file (default: built-in defaults).",
+    ),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def _config(path: Path | None) -> StationConfig:
+    if path is not None and not path.exists():
+        raise fail(f"{path}: no such config file")
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+def _journal(config: StationConfig) -> Journal:
+    path = config.storage.path / "journal.sqlite"
+    if not path.exists():
+        raise fail(f"no journal at {path}: has the station run with this config?")
+    return Journal(path)
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run the service: DICOM SCP, series assembly, routing, dispatch and /metrics."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    settings = _config(config)
+    try:
+        station = Station(settings)
+        station.start()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot start: {exc}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    listen = settings.listen
+    typer.echo(f"station {__version__} ({settings.source or 'built-in defaults'})")
+    typer.echo(f"DICOM SCP {settings.ae_title} listening on {listen.host}:{station.scp.port}")
+    if station.http:
+        typer.echo(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
+    typer.echo(f"storage {settings.storage.path}")
+    for name, dest in station.destinations.items():
+        typer.echo(
+            f"destination {name}: {getattr(dest, 'peer', None) or getattr(dest, 'root', '')}"
+        )
+    sys.stdout.flush()
+    while not stop.wait(0.5):
+        pass
+    typer.echo("stopping: finishing associations in progress")
+    station.stop()
+    typer.echo("stopped")
+
+
+@app.command()
+def check(config: ConfigOption = None) -> None:
+    """Validate the config, route files and plugins; every error names file, key and fix."""
+    settings = _config(config)
+    try:
+        setup = load_setup(settings)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{settings.source or 'built-in defaults'}: ok")
+    typer.echo(f"  destinations: {', '.join(setup.destinations)}")
+    typer.echo(f"  routes: {', '.join(r.name for r in setup.routes)}")
+    typer.echo(f"  plugins: {', '.join(i.name for i in setup.plugins.describe()) or 'none'}")
+
+
+def _peer(dest: str, config: StationConfig, aet: str | None, calling: str | None) -> Peer:
+    configured = config.destinations.get(dest)
+    if isinstance(configured, DicomDestinationConfig):
+        return Peer(
+            configured.host,
+            configured.port,
+            aet or configured.ae_title,
+            calling or configured.calling_ae_title or config.ae_title,
+            configured.timeout_seconds,
+            configured.max_pdu_bytes,
+        )
+    if configured is not None:
+        raise fail(f"destination {dest!r} is of type {configured.type}, not dicom")
+    host, _, port = dest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        names = [n for n, d in config.destinations.items() if isinstance(d, DicomDestinationConfig)]
+        raise fail(
+            f"{dest!r} is neither a configured dicom destination "
+            f"({', '.join(names) or 'none configured'}) nor HOST:PORT"
+        )
+    return Peer(host, int(port), aet or "ANY-SCP", calling or config.ae_title)
+
+
+AetOption = Annotated[str | None, typer.Option("--aet", help="Called AE title of the peer.")]
+CallingOption = Annotated[
+    str | None, typer.Option("--calling-aet", help="Our AE title (default: ae_title).")
+]
+
+
+@app.command("echo")
+def echo_command(
+    dest: Annotated[str, typer.Argument(help="Configured destination name or HOST:PORT.")],
+    config: ConfigOption = None,
+    aet: AetOption = None,
+    calling_aet: CallingOption = None,
+) -> None:
+    """C-ECHO a DICOM destination."""
+    peer = _peer(dest, _config(config), aet, calling_aet)
+    started = time.monotonic()
+    try:
+        echo(peer)
+    except SendError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"C-ECHO {peer}: success ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+
+def _files(paths: list[Path], scratch: Path) -> Iterator[Path]:
+    """Every file under the given paths; zip archives are extracted into ``scratch``."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                yield from _files([child], scratch)
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for index, member in enumerate(archive.infolist()):
+                    if member.is_dir():
+                        continue
+                    # Never use the member's name as a path: it may point outside scratch.
+                    target = scratch / f"{len(list(scratch.iterdir()))}-{index}.dcm"
+                    with archive.open(member) as src, open(target, "wb") as dst:
+                        while chunk := src.read(1 << 20):
+                            dst.write(chunk)
+                    yield target
+        elif path.is_file():
+            yield path
+        else:
+            typer.echo(f"skipped {path}: no such file or folder", err=True)
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or zip archives.")],
+    to: Annotated[str, typer.Option("--to", help="Configured destination name or HOST:PORT.")],
+    config: ConfigOption = None,
+    aet: AetOption = None,
+    calling_aet: CallingOption = None,
+) -> None:
+    """Send DICOM files as a C-STORE SCU (like storescu), checking every status."""
+    peer = _peer(to, _config(config), aet, calling_aet)
+    skipped = 0
+    with tempfile.TemporaryDirectory(prefix="station-send-") as scratch:
+        instances = []
+        for path in _files(paths, Path(scratch)):
+            try:
+                h = identify(path)
+            except RejectedInstance as exc:
+                typer.echo(f"skipped {path}: {exc}", err=True)
+                skipped += 1
+                continue
+            instances.append(
+                Instance(
+                    h.sop_uid,
+                    h.study_uid,
+                    h.series_uid,
+                    h.sop_class,
+                    h.transfer_syntax,
+                    path,
+                    path.stat().st_size,
+                )
+            )
+        if not instances:
+            raise fail("nothing to send: no DICOM files found")
+        try:
+            result = store(peer, instances)
+        except SendError as exc:
+            raise fail(str(exc)) from None
+    for uid, reason in result.failed.items():
+        typer.echo(f"failed {uid}: {reason}", err=True)
+    typer.echo(
+        f"sent {result.sent} of {len(instances)} instances to {peer}"
+        + (f"; {len(result.failed)} refused" if result.failed else "")
+        + (f"; {skipped} files skipped" if skipped else "")
+    )
+    if result.failed or skipped:
+        raise typer.Exit(1)
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    seconds = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Queues per destination, dead letters and quarantine with their reasons."""
+    journal = _journal(_config(config))
+    state = journal.status()
+    journal.close()
+    if as_json:
+        typer.echo(json.dumps(state, indent=2))
+        return
+    series = state["series"]
+    typer.echo("series: " + (", ".join(f"{n} {s}" for s, n in sorted(series.items())) or "none"))
+    typer.echo(f"{'destination':<20} {'pending':>8} {'delivered':>10} {'dead letter':>12}")
+    for name, counts in sorted(state["destinations"].items()):
+        typer.echo(
+            f"{name:<20} {counts.get('pending', 0):>8} {counts.get('delivered', 0):>10}"
+            f" {counts.get('dead_letter', 0):>12}"
+        )
+    if state["dead_letters"]:
+        typer.echo("\ndead letters (station retry re-queues them):")
+        for d in state["dead_letters"]:
+            typer.echo(
+                f"  {d['destination']}: series {d['series_uid']} ({d['n']} instances, "
+                f"{d['attempts']} attempts, {_ago(d['updated'])}): {d['last_error']}"
+            )
+    if state["quarantined"]:
+        typer.echo("\nquarantined series (station retry re-routes them):")
+        for q in state["quarantined"]:
+            typer.echo(
+                f"  series {q['series_uid']} ({q['n']} instances, "
+                f"{_ago(q['completed_at'])}): {q['reason']}"
+            )
+    if state["recent_failures"]:
+        typer.echo("\nrecent failures:")
+        for f in state["recent_failures"]:
+            typer.echo(
+                f"  {_ago(f['updated'])} {f['destination']} series {f['series_uid']} "
+                f"[{f['state']}, attempt {f['attempts']}]: {f['last_error']}"
+            )
+
+
+@app.command()
+def retry(
+    config: ConfigOption = None,
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+    series: Annotated[str | None, typer.Option(help="Only this Series Instance UID.")] = None,
+) -> None:
+    """Re-queue dead-lettered deliveries (and re-route quarantined series)."""
+    journal = _journal(_config(config))
+    count = journal.retry_dead_letters(destination, series)
+    journal.close()
+    if not count:
+        raise fail(
+            "nothing to retry"
+            + (f" for destination {destination}" if destination else "")
+            + (f" for series {series}" if series else "")
+        )
+    typer.echo(f"re-queued {count}; a running station picks them up within a second")
+
+
+@app.command()
+def plugins(config: ConfigOption = None) -> None:
+    """List loaded plugins, their hooks and where each came from."""
+    try:
+        setup = load_setup(_config(config))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    for info in setup.plugins.describe():
+        typer.echo(f"{info.name}  ({info.origin})")
+        for hook in info.hooks:
+            typer.echo(f"    {hook}")
+    if setup.plugins.transforms:
+        typer.echo(f"transforms: {', '.join(sorted(setup.plugins.transforms))}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,314 @@
+"""Configuration: one YAML file validated into frozen pydantic models.
+
+Every value has a default, unknown keys are errors, relative paths are taken relative to the
+config file, and ``STATION_*`` environment variables override the file
+(``STATION_LISTEN__PORT=11113`` sets ``listen.port``; values are read as YAML).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
+
+from station.errors import ConfigError
+
+ENV_PREFIX = "STATION_"
+DEFAULT_DESTINATION = "local-folder"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 printable chars, no backslash
+
+
+def _ae_title(value: Any) -> Any:
+    if isinstance(value, str) and (not _AE_TITLE.match(value) or not value.strip()):
+        raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
+    return value.strip() if isinstance(value, str) else value
+
+
+AETitle = Annotated[str, BeforeValidator(_ae_title)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(Model):
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_aes: tuple[AETitle, ...] = ()
+    max_associations: int = Field(16, ge=1, le=1000)
+    max_pdu_bytes: int = Field(4_194_304, ge=0)
+
+
+class StorageConfig(Model):
+    path: Path = Path("station-data")
+    retention_hours: float = Field(24.0, ge=0)
+    min_free_bytes: int = Field(200_000_000, ge=0)
+
+    @field_validator("min_free_bytes", mode="before")
+    @classmethod
+    def _accept_float_notation(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
+class SeriesConfig(Model):
+    quiet_seconds: float = Field(10.0, gt=0)
+    max_wait_seconds: float = Field(900.0, gt=0)
+
+
+class RetryConfig(Model):
+    max_attempts: int = Field(10, ge=1)
+    initial_seconds: float = Field(5.0, ge=0)
+    max_seconds: float = Field(900.0, ge=0)
+
+
+class DicomDestinationConfig(Model):
+    type: Literal["dicom"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ae_title: AETitle
+    calling_ae_title: AETitle | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_pdu_bytes: int = Field(4_194_304, ge=0)
+    retry: RetryConfig = RetryConfig()
+
+
+class FolderDestinationConfig(Model):
+    type: Literal["folder"]
+    path: Path
+    retry: RetryConfig = RetryConfig()
+
+
+class PluginDestinationConfig(BaseModel):
+    """A destination type provided by a plugin; the plugin's class validates the rest."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+    retry: RetryConfig = RetryConfig()
+
+
+def _destination_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
+    return kind if kind in ("dicom", "folder") else "plugin"
+
+
+DestinationConfig = Annotated[
+    Annotated[DicomDestinationConfig, Tag("dicom")]
+    | Annotated[FolderDestinationConfig, Tag("folder")]
+    | Annotated[PluginDestinationConfig, Tag("plugin")],
+    Discriminator(_destination_kind),
+]
+
+
+class MetricsConfig(Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class StationConfig(Model):
+    ae_title: AETitle = "STATION"
+    listen: ListenConfig = ListenConfig()
+    storage: StorageConfig = StorageConfig()
+    series: SeriesConfig = SeriesConfig()
+    plugins: tuple[str, ...] = ()
+    blocked_plugins: tuple[str, ...] = ()
+    routes: Path | None = None
+    destinations: dict[str, DestinationConfig] = {}
+    metrics: MetricsConfig = MetricsConfig()
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage_shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str | Path) else value
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _destination_names(cls, value: Any) -> Any:
+        for name in value if isinstance(value, Mapping) else ():
+            if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", name):
+                raise ValueError(f"destination name {name!r}: use letters, digits, '-', '_', '.'")
+        return value
+
+    @property
+    def storage_path(self) -> Path:
+        return self.storage.path
+
+
+def default_destinations(config: StationConfig) -> dict[str, DestinationConfig]:
+    """The destinations in force: the configured ones, or one folder under the storage."""
+    if config.destinations:
+        return dict(config.destinations)
+    outgoing = config.storage.path / "outgoing"
+    return {DEFAULT_DESTINATION: FolderDestinationConfig(type="folder", path=outgoing)}
+
+
+# --- YAML with line numbers -------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> tuple[Any, Callable[[tuple[Any, ...]], int | None]]:
+    """Read a YAML file; return its data and a function mapping a key path to a line number."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from exc
+
+    def line_of(loc: tuple[Any, ...]) -> int | None:
+        current = node
+        line = current.start_mark.line + 1 if current is not None else None
+        for part in loc:
+            if isinstance(current, yaml.MappingNode):
+                match = next((v for k, v in current.value if k.value == str(part)), None)
+                key = next((k for k, v in current.value if k.value == str(part)), None)
+                if match is None:
+                    break
+                line = key.start_mark.line + 1
+                current = match
+            elif isinstance(current, yaml.SequenceNode) and isinstance(part, int):
+                if part >= len(current.value):
+                    break
+                current = current.value[part]
+                line = current.start_mark.line + 1
+            else:
+                break
+        return line
+
+    return data, line_of
+
+
+def format_validation_error(
+    exc: ValidationError,
+    path: Path | str,
+    line_of: Callable[[tuple[Any, ...]], int | None] | None = None,
+    prefix: tuple[Any, ...] = (),
+) -> str:
+    """One line per problem: ``file:line: key.path: what is wrong (got value)``."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        if len(loc) > 2 and loc[0] == "destinations" and loc[2] in ("dicom", "folder", "plugin"):
+            loc = loc[:2] + loc[3:]
+        full = prefix + loc
+        line = line_of(full) if line_of else None
+        where = f"{path}:{line}" if line else f"{path}"
+        key = ".".join(str(p) for p in full) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        got = error.get("input")
+        shown = "" if error["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        if isinstance(got, dict | list) and len(repr(got)) > 60:
+            shown = ""
+        lines.append(f"{where}: {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("STATION_CONFIG",):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        target = overrides
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_paths(config: StationConfig, base: Path) -> StationConfig:
+    def absolute(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    destinations = {
+        name: dest.model_copy(update={"path": absolute(dest.path)})
+        if isinstance(dest, FolderDestinationConfig)
+        else dest
+        for name, dest in config.destinations.items()
+    }
+    plugins = tuple(
+        str(absolute(Path(p))) if ("/" in p or p.endswith(".py")) else p for p in config.plugins
+    )
+    return config.model_copy(
+        update={
+            "storage": config.storage.model_copy(update={"path": absolute(config.storage.path)}),
+            "routes": absolute(config.routes) if config.routes else None,
+            "destinations": destinations,
+            "plugins": plugins,
+        }
+    )
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> StationConfig:
+    """Load and validate the configuration; raise ConfigError naming every problem."""
+    environ = os.environ if environ is None else environ
+    data: Any = {}
+    line_of = None
+    if path is not None:
+        data, line_of = load_yaml(path)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of keys, not a list or value"
+            )
+    overrides = _env_overrides(environ)
+    merged = _merge(data, overrides)
+    source = str(path) if path else "built-in defaults"
+    try:
+        config = StationConfig.model_validate(merged)
+    except ValidationError as exc:
+        if overrides:
+            env_keys = ", ".join(n for n in environ if n.startswith(ENV_PREFIX))
+            source = f"{source} (with environment {env_keys})"
+        raise ConfigError(format_validation_error(exc, source, line_of)) from exc
+    base = path.resolve().parent if path else Path.cwd()
+    return _resolve_paths(config, base).model_copy(update={"source": path})

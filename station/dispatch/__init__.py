@@ -1,0 +1,1 @@
+"""Sending series batches to destinations: one module per destination type."""

@@ -1,0 +1,50 @@
+"""What every destination type provides, built-in or from a plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+
+from station.journal import Instance
+
+# Turns a spooled instance into the data set to send, for routes with transforms; None
+# means send the spool file as it is.
+Prepare = Callable[[Instance], Dataset] | None
+
+
+@dataclass
+class SendResult:
+    """Outcome of sending one batch: how many were confirmed, and which were refused."""
+
+    sent: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> reason
+
+
+class Destination(Protocol):
+    """A place series batches are sent to.
+
+    ``send`` either returns a SendResult (per-instance permanent failures in ``failed``)
+    or raises ``TransientSendError`` when the whole batch should be tried again later.
+    """
+
+    name: str
+
+    def send(self, instances: list[Instance], prepare: Prepare) -> SendResult: ...
+
+
+def build_destination(
+    name: str, config: Any, plugin_types: Mapping[str, type], station_ae: str
+) -> Destination:
+    """Construct the destination object for one configured destination."""
+    from station.dispatch.dicom import DicomDestination
+    from station.dispatch.folder import FolderDestination
+
+    if config.type == "dicom":
+        return DicomDestination(name, config, station_ae)
+    if config.type == "folder":
+        return FolderDestination(name, config)
+    cls = plugin_types[config.type]
+    return cls(name, config.model_dump())

@@ -1,0 +1,190 @@
+"""``type: dicom`` destinations: a C-STORE SCU, one association per series batch.
+
+Every C-STORE status is checked. Success and warning statuses count as sent; 0xA7xx (out
+of resources), an aborted association or a missing response raise TransientSendError so
+the whole batch is retried; any other failure status, or no accepted presentation context
+for an instance's SOP class and transfer syntax, refuses that instance permanently.
+Untransformed instances are sent from their spool file as they are (no decode).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.status import code_to_category
+
+from station import tuning
+from station.config import DicomDestinationConfig
+from station.dispatch.base import Prepare, SendResult
+from station.errors import PermanentSendError, TransientSendError
+from station.journal import Instance
+
+log = logging.getLogger(__name__)
+MAX_CONTEXTS = 128  # presentation contexts one association may propose
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where and how to reach a DICOM peer."""
+
+    host: str
+    port: int
+    ae_title: str
+    calling_ae_title: str = "STATION"
+    timeout_seconds: float = 30.0
+    max_pdu_bytes: int = 4_194_304
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _new_ae(peer: Peer) -> AE:
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = peer.timeout_seconds
+    ae.dimse_timeout = peer.timeout_seconds
+    ae.network_timeout = peer.timeout_seconds
+    ae.connection_timeout = peer.timeout_seconds
+    ae.maximum_pdu_size = peer.max_pdu_bytes
+    return ae
+
+
+def _associate(ae: AE, peer: Peer) -> Association:
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        max_pdu=peer.max_pdu_bytes,
+        evt_handlers=tuning.HANDLERS,
+    )
+    if assoc.is_established:
+        return assoc
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        reason = rsp.reason_str if rsp is not None else "unknown reason"
+        raise TransientSendError(f"{peer} rejected the association: {reason}")
+    if assoc.is_aborted:
+        raise TransientSendError(f"{peer} aborted the association request")
+    raise TransientSendError(f"cannot connect to {peer} (connection refused or timed out)")
+
+
+def echo(peer: Peer) -> None:
+    """C-ECHO the peer; raise a SendError saying what went wrong."""
+    ae = _new_ae(peer)
+    ae.add_requested_context(VERIFICATION)
+    assoc = _associate(ae, peer)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if not status:
+        raise TransientSendError(f"{peer} did not answer the C-ECHO")
+    if status.Status != 0:
+        raise PermanentSendError(f"{peer} answered C-ECHO with status 0x{status.Status:04X}")
+
+
+def _chunks(instances: list[Instance]) -> Iterator[tuple[list[tuple[str, str]], list[Instance]]]:
+    """Split instances so each association needs at most MAX_CONTEXTS contexts."""
+    contexts: list[tuple[str, str]] = []
+    group: list[Instance] = []
+    for inst in instances:
+        key = (inst.sop_class, inst.transfer_syntax)
+        if key not in contexts:
+            if len(contexts) == MAX_CONTEXTS:
+                yield contexts, group
+                contexts, group = [], []
+            contexts.append(key)
+        group.append(inst)
+    if group:
+        yield contexts, group
+
+
+def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> SendResult:
+    """Send instances over as few associations as their presentation contexts allow."""
+    result = SendResult()
+    for contexts, group in _chunks(instances):
+        ae = _new_ae(peer)
+        for sop_class, syntax in contexts:
+            ae.add_requested_context(sop_class, syntax)
+        assoc = _associate(ae, peer)
+        try:
+            _store_group(assoc, peer, group, prepare, result)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    return result
+
+
+def _accepted(assoc: Association) -> set[tuple[str, str]]:
+    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+
+
+def _store_group(
+    assoc: Association, peer: Peer, group: list[Instance], prepare: Prepare, result: SendResult
+) -> None:
+    accepted = _accepted(assoc)
+    for inst in group:
+        if (inst.sop_class, inst.transfer_syntax) not in accepted:
+            result.failed[inst.sop_uid] = (
+                f"{peer} accepted no presentation context for SOP class {inst.sop_class} "
+                f"with transfer syntax {inst.transfer_syntax}"
+            )
+            continue
+        payload: Dataset | str
+        if prepare is None:
+            if not inst.path.exists():
+                result.failed[inst.sop_uid] = f"spool file {inst.path} is missing"
+                continue
+            payload = str(inst.path)
+        else:
+            try:
+                payload = prepare(inst)
+            except Exception as exc:
+                result.failed[inst.sop_uid] = f"transform failed: {type(exc).__name__}: {exc}"
+                continue
+        try:
+            status = assoc.send_c_store(payload)
+        except (RuntimeError, ValueError, AttributeError) as exc:
+            # pynetdicom raises these when the association died under us.
+            raise TransientSendError(f"{peer}: C-STORE failed: {exc}") from exc
+        if not status or "Status" not in status:
+            assoc.abort()
+            raise TransientSendError(
+                f"{peer}: no C-STORE response (association aborted or DIMSE timeout) "
+                f"after {result.sent} of {len(group)} instances"
+            )
+        code = int(status.Status)
+        category = code_to_category(code)
+        if category in ("Success", "Warning"):
+            result.sent += 1
+        elif 0xA700 <= code <= 0xA7FF:
+            raise TransientSendError(f"{peer}: out of resources (status 0x{code:04X})")
+        else:
+            comment = status.get("ErrorComment", "")
+            result.failed[inst.sop_uid] = f"{peer} refused with status 0x{code:04X}" + (
+                f": {comment}" if comment else ""
+            )
+
+
+class DicomDestination:
+    """A configured DICOM peer."""
+
+    def __init__(self, name: str, config: DicomDestinationConfig, station_ae: str) -> None:
+        self.name = name
+        self.peer = Peer(
+            host=config.host,
+            port=config.port,
+            ae_title=config.ae_title,
+            calling_ae_title=config.calling_ae_title or station_ae,
+            timeout_seconds=config.timeout_seconds,
+            max_pdu_bytes=config.max_pdu_bytes,
+        )
+
+    def send(self, instances: list[Instance], prepare: Prepare) -> SendResult:
+        return store(self.peer, instances, prepare)

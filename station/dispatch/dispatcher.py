@@ -1,0 +1,192 @@
+"""The dispatcher: one worker per destination, each with its own queue, retries and backoff.
+
+A worker takes the due deliveries of its destination from the journal, sends each series
+batch over one association (or one folder write), and journals the outcome. A dead or slow
+destination never delays another. The journal is re-read every second, so deliveries
+re-queued by ``station retry`` from another process are picked up.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from station.config import RetryConfig
+from station.dispatch.base import Destination, Prepare
+from station.errors import TransientSendError
+from station.journal import Delivery, Instance, Journal
+from station.metrics import Metrics
+from station.plugins import Plugins
+from station.series import SeriesView
+
+log = logging.getLogger(__name__)
+
+
+def backoff(attempt: int, retry: RetryConfig, rand: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, capped,
+    with +-25 % jitter so that many failed batches do not retry in lockstep."""
+    base = min(retry.max_seconds, retry.initial_seconds * 2 ** (attempt - 1))
+    return base * (rand or random).uniform(0.75, 1.25)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        journal: Journal,
+        destinations: Mapping[str, Destination],
+        retries: Mapping[str, RetryConfig],
+        plugins: Plugins,
+        metrics: Metrics,
+    ) -> None:
+        self.journal = journal
+        self.destinations = destinations
+        self.retries = retries
+        self.plugins = plugins
+        self.metrics = metrics
+        self._stop = threading.Event()
+        self._wake = {name: threading.Event() for name in destinations}
+        self._threads = [
+            threading.Thread(target=self._work, args=(name,), name=f"dispatch-{name}", daemon=True)
+            for name in destinations
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def wake(self, destination: str | None = None) -> None:
+        for name, event in self._wake.items():
+            if destination in (None, name):
+                event.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop taking new work; a batch being sent finishes (or stays pending)."""
+        self._stop.set()
+        self.wake()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _work(self, name: str) -> None:
+        wake = self._wake[name]
+        while not self._stop.is_set():
+            try:
+                due = self.journal.due_deliveries(name, time.time(), limit=1)
+                if due:
+                    self.deliver(due[0])
+                    continue
+                next_due = self.journal.next_due(name)
+            except Exception:
+                log.exception("dispatch worker %s failed; continuing", name)
+                next_due = None
+            wait = 1.0 if next_due is None else min(1.0, max(0.0, next_due - time.time()))
+            wake.wait(wait)
+            wake.clear()
+
+    def deliver(self, delivery: Delivery) -> str:
+        """One attempt at one delivery; returns the outcome (success, retry, dead_letter)."""
+        name = delivery.destination
+        destination = self.destinations.get(name)
+        batch = self.journal.batch(delivery.batch_id)
+        instances = self.journal.instances(delivery.batch_id)
+        if delivery.only_failed:
+            earlier = self.journal.failed_instances(delivery.id)
+            instances = [i for i in instances if i.sop_uid in earlier]
+        context = f"study {batch.study_uid} series {batch.series_uid} -> {name}"
+        if destination is None:
+            return self._finish(
+                delivery, batch, "dead_letter", f"destination {name!r} is no longer configured", {}
+            )
+        prepare = self._prepare(delivery, batch, instances)
+        started = time.monotonic()
+        try:
+            result = destination.send(instances, prepare)
+        except TransientSendError as exc:
+            error = str(exc)
+            result = None
+        except Exception as exc:  # a plugin destination with a bug: retry, like transient
+            log.exception("%s: destination raised", context)
+            error = f"{type(exc).__name__}: {exc}"
+            result = None
+        finally:
+            self.metrics.dispatch_duration.labels(name).observe(time.monotonic() - started)
+        if result is None:
+            retry = self.retries[name]
+            attempt = delivery.attempts + 1
+            if attempt >= retry.max_attempts:
+                log.error("%s: dead letter after %d attempts: %s", context, attempt, error)
+                return self._finish(
+                    delivery,
+                    batch,
+                    "dead_letter",
+                    f"{error} (gave up after {attempt} attempts)",
+                    None,
+                )
+            delay = backoff(attempt, retry)
+            log.warning(
+                "%s: attempt %d failed, retrying in %.1f s: %s", context, attempt, delay, error
+            )
+            self.journal.record_attempt(delivery, "retry", error, time.time() + delay)
+            self.metrics.dispatch_attempts.labels(name, "retry").inc()
+            return "retry"
+        self.metrics.dispatch_instances.labels(name, "sent").inc(result.sent)
+        if result.failed:
+            self.metrics.dispatch_instances.labels(name, "failed").inc(len(result.failed))
+            first = next(iter(result.failed.values()))
+            error = f"{len(result.failed)} of {len(instances)} instances refused: {first}"
+            log.error("%s: %s", context, error)
+            return self._finish(delivery, batch, "dead_letter", error, result.failed)
+        log.info("%s: delivered %d instances", context, result.sent)
+        return self._finish(delivery, batch, "success", None, {})
+
+    def _finish(
+        self,
+        delivery: Delivery,
+        batch: Any,
+        outcome: str,
+        error: str | None,
+        failures: dict[str, str] | None,
+    ) -> str:
+        self.journal.record_attempt(delivery, outcome, error, failures=failures)
+        self.metrics.dispatch_attempts.labels(delivery.destination, outcome).inc()
+        series = SeriesView.from_batch(batch, [i.path for i in self.journal.instances(batch.id)])
+        if outcome == "success":
+            self.metrics.series_latency.observe(max(0.0, time.time() - batch.first_received))
+            self.plugins.notify(
+                "station_series_delivered", series=series, destination=delivery.destination
+            )
+        else:
+            self.plugins.notify(
+                "station_series_failed",
+                series=series,
+                destination=delivery.destination,
+                reason=error or "",
+            )
+        return outcome
+
+    def _prepare(self, delivery: Delivery, batch: Any, instances: list[Instance]) -> Prepare:
+        if not delivery.transforms:
+            return None
+        steps = [
+            (self.plugins.transforms[s["name"]], s["name"], s["options"])
+            for s in delivery.transforms
+        ]
+        series = SeriesView.from_batch(batch, [i.path for i in instances])
+
+        def prepare(inst: Instance) -> Dataset:
+            dataset = dcmread(inst.path)
+            for function, step_name, options in steps:
+                try:
+                    function(dataset, series, dict(options))
+                except Exception as exc:
+                    raise RuntimeError(f"{step_name}: {type(exc).__name__}: {exc}") from exc
+            return dataset
+
+        return prepare

@@ -1,0 +1,539 @@
+"""The journal: the single owner of the station's state, in SQLite (WAL, synchronous=FULL).
+
+Files in the spool are content only; what has been received, which batch of which series it
+belongs to, where it must go and how each attempt went lives here. A row is committed
+before anything is acknowledged, so after a crash the journal says what is left to do.
+
+Batch states: ``open`` (collecting) -> ``complete`` (quiet period over, waiting for the
+router) -> ``routed`` (deliveries created) or ``filtered`` / ``unrouted`` / ``quarantined``.
+Delivery states: ``pending`` -> ``delivered`` or ``dead_letter``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    completed_at REAL,
+    calling_ae TEXT, called_ae TEXT, peer TEXT, source TEXT,
+    labels TEXT,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS batches_state ON batches(state, series_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    batch_id INTEGER NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class TEXT, transfer_syntax TEXT,
+    path TEXT NOT NULL, size INTEGER NOT NULL,
+    calling_ae TEXT, called_ae TEXT, peer TEXT, source TEXT,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_batch ON instances(batch_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    batch_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    routes TEXT NOT NULL,
+    transforms TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT,
+    only_failed INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries(state, destination, next_attempt);
+CREATE TABLE IF NOT EXISTS instance_failures (
+    delivery_id INTEGER NOT NULL,
+    sop_uid TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (delivery_id, sop_uid)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    batch_id INTEGER,
+    kind TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_batch ON events(batch_id);
+"""
+
+
+@dataclass(frozen=True)
+class Instance:
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class: str
+    transfer_syntax: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: int
+    study_uid: str
+    series_uid: str
+    state: str
+    first_received: float
+    last_received: float
+    calling_ae: str
+    called_ae: str
+    peer: str
+    source: str
+    labels: dict[str, str]
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    batch_id: int
+    destination: str
+    routes: tuple[str, ...]
+    transforms: tuple[dict[str, Any], ...]
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str | None
+    only_failed: bool
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the receive path knows about one instance that is already in the spool."""
+
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class: str
+    transfer_syntax: str
+    path: Path
+    size: int
+    calling_ae: str
+    called_ae: str
+    peer: str
+    source: str
+
+
+class Journal:
+    """Thread-safe access to the journal database. One instance per process."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def record_instance(self, item: Received, now: float | None = None) -> tuple[int, Path | None]:
+        """Journal a spooled instance into the open batch of its series (opening one).
+
+        Returns the batch id and, when the same SOP Instance UID was stored before under
+        another path, that old path (the caller removes the stale file).
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id FROM batches WHERE series_uid=? AND state='open'", (item.series_uid,)
+            ).fetchone()
+            if row:
+                batch_id = row["id"]
+                db.execute("UPDATE batches SET last_received=? WHERE id=?", (now, batch_id))
+            else:
+                batch_id = db.execute(
+                    "INSERT INTO batches (study_uid, series_uid, state, first_received,"
+                    " last_received, calling_ae, called_ae, peer, source, labels)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,'{}')",
+                    (
+                        item.study_uid,
+                        item.series_uid,
+                        "open",
+                        now,
+                        now,
+                        item.calling_ae,
+                        item.called_ae,
+                        item.peer,
+                        item.source,
+                    ),
+                ).lastrowid
+                db.execute(
+                    "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
+                    (
+                        now,
+                        batch_id,
+                        "opened",
+                        f"from {item.calling_ae} ({item.peer}) via {item.source}",
+                    ),
+                )
+            old = db.execute(
+                "SELECT path FROM instances WHERE sop_uid=?", (item.sop_uid,)
+            ).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO instances (sop_uid, batch_id, series_uid, sop_class,"
+                " transfer_syntax, path, size, calling_ae, called_ae, peer, source, received_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    item.sop_uid,
+                    batch_id,
+                    item.series_uid,
+                    item.sop_class,
+                    item.transfer_syntax,
+                    str(item.path),
+                    item.size,
+                    item.calling_ae,
+                    item.called_ae,
+                    item.peer,
+                    item.source,
+                    now,
+                ),
+            )
+        stale = Path(old["path"]) if old and old["path"] != str(item.path) else None
+        return batch_id, stale
+
+    def known_paths(self) -> set[str]:
+        return {row["path"] for row in self._query("SELECT path FROM instances")}
+
+    # --- series assembly ----------------------------------------------------------------
+
+    def close_quiet_batches(self, quiet_before: float, opened_before: float) -> list[int]:
+        """Mark open batches complete whose quiet period or maximum wait is over."""
+        now = time.time()
+        with self.transaction() as db:
+            ids = [
+                r["id"]
+                for r in db.execute(
+                    "SELECT id FROM batches WHERE state='open'"
+                    " AND (last_received<=? OR first_received<=?)",
+                    (quiet_before, opened_before),
+                )
+            ]
+            for batch_id in ids:
+                db.execute(
+                    "UPDATE batches SET state='complete', completed_at=? WHERE id=?",
+                    (now, batch_id),
+                )
+                db.execute(
+                    "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,"
+                    " (SELECT count(*) || ' instances' FROM instances WHERE batch_id=?))",
+                    (now, batch_id, "completed", batch_id),
+                )
+        return ids
+
+    def next_open_deadline(self, quiet: float, max_wait: float) -> float | None:
+        row = self._query(
+            "SELECT min(min(last_received + ?, first_received + ?)) AS t FROM batches"
+            " WHERE state='open'",
+            (quiet, max_wait),
+        )[0]
+        return row["t"]
+
+    def batches_in_state(self, state: str) -> list[int]:
+        return [r["id"] for r in self._query("SELECT id FROM batches WHERE state=?", (state,))]
+
+    def batch(self, batch_id: int) -> Batch:
+        row = self._query("SELECT * FROM batches WHERE id=?", (batch_id,))[0]
+        return Batch(
+            id=row["id"],
+            study_uid=row["study_uid"],
+            series_uid=row["series_uid"],
+            state=row["state"],
+            first_received=row["first_received"],
+            last_received=row["last_received"],
+            calling_ae=row["calling_ae"] or "",
+            called_ae=row["called_ae"] or "",
+            peer=row["peer"] or "",
+            source=row["source"] or "",
+            labels=json.loads(row["labels"] or "{}"),
+            reason=row["reason"],
+        )
+
+    def instances(self, batch_id: int) -> list[Instance]:
+        rows = self._query(
+            "SELECT i.sop_uid, b.study_uid, i.series_uid, i.sop_class, i.transfer_syntax,"
+            " i.path, i.size FROM instances i JOIN batches b ON b.id=i.batch_id"
+            " WHERE i.batch_id=? ORDER BY i.received_at, i.sop_uid",
+            (batch_id,),
+        )
+        return [
+            Instance(
+                r["sop_uid"],
+                r["study_uid"],
+                r["series_uid"],
+                r["sop_class"] or "",
+                r["transfer_syntax"] or "",
+                Path(r["path"]),
+                r["size"],
+            )
+            for r in rows
+        ]
+
+    # --- routing ------------------------------------------------------------------------
+
+    def finish_batch(
+        self,
+        batch_id: int,
+        state: str,
+        reason: str | None,
+        labels: dict[str, str],
+        deliveries: list[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]] = (),
+    ) -> None:
+        """Record the router's decision and the deliveries it created, atomically."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE batches SET state=?, reason=?, labels=? WHERE id=?",
+                (state, reason, json.dumps(labels, sort_keys=True), batch_id),
+            )
+            db.execute(
+                "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
+                (now, batch_id, state, reason),
+            )
+            for destination, routes, transforms in deliveries:
+                db.execute(
+                    "INSERT INTO deliveries (batch_id, destination, routes, transforms, state,"
+                    " next_attempt, created, updated) VALUES (?,?,?,?,'pending',?,?,?)",
+                    (
+                        batch_id,
+                        destination,
+                        json.dumps(routes),
+                        json.dumps(transforms),
+                        now,
+                        now,
+                        now,
+                    ),
+                )
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    def due_deliveries(self, destination: str, now: float, limit: int) -> list[Delivery]:
+        rows = self._query(
+            "SELECT * FROM deliveries WHERE state='pending' AND destination=?"
+            " AND next_attempt<=? ORDER BY next_attempt, id LIMIT ?",
+            (destination, now, limit),
+        )
+        return [_delivery(r) for r in rows]
+
+    def next_due(self, destination: str) -> float | None:
+        row = self._query(
+            "SELECT min(next_attempt) AS t FROM deliveries WHERE state='pending' AND destination=?",
+            (destination,),
+        )[0]
+        return row["t"]
+
+    def failed_instances(self, delivery_id: int) -> dict[str, str]:
+        rows = self._query(
+            "SELECT sop_uid, reason FROM instance_failures WHERE delivery_id=?", (delivery_id,)
+        )
+        return {r["sop_uid"]: r["reason"] for r in rows}
+
+    def record_attempt(
+        self,
+        delivery: Delivery,
+        outcome: str,
+        error: str | None,
+        next_attempt: float | None = None,
+        failures: dict[str, str] | None = None,
+    ) -> None:
+        """Record one dispatch attempt. ``outcome``: success, retry or dead_letter."""
+        now = time.time()
+        state = {"success": "delivered", "retry": "pending", "dead_letter": "dead_letter"}[outcome]
+        with self.transaction() as db:
+            if failures is not None:
+                db.execute("DELETE FROM instance_failures WHERE delivery_id=?", (delivery.id,))
+                db.executemany(
+                    "INSERT INTO instance_failures (delivery_id, sop_uid, reason) VALUES (?,?,?)",
+                    [(delivery.id, uid, reason) for uid, reason in failures.items()],
+                )
+            db.execute(
+                "UPDATE deliveries SET state=?, attempts=attempts+1, last_error=?,"
+                " next_attempt=?, updated=? WHERE id=?",
+                (state, error, next_attempt or now, now, delivery.id),
+            )
+            detail = f"{delivery.destination}: {outcome}" + (f": {error}" if error else "")
+            db.execute(
+                "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
+                (now, delivery.batch_id, "attempt", detail),
+            )
+
+    def retry_dead_letters(
+        self, destination: str | None = None, series_uid: str | None = None
+    ) -> int:
+        """Re-queue dead-lettered deliveries (and quarantined batches); return how many."""
+        now = time.time()
+        where, args = ["d.state='dead_letter'"], []
+        if destination:
+            where.append("d.destination=?")
+            args.append(destination)
+        if series_uid:
+            where.append("b.series_uid=?")
+            args.append(series_uid)
+        with self.transaction() as db:
+            ids = [
+                r["id"]
+                for r in db.execute(
+                    "SELECT d.id FROM deliveries d JOIN batches b ON b.id=d.batch_id WHERE "
+                    + " AND ".join(where),
+                    args,
+                )
+            ]
+            for delivery_id in ids:
+                db.execute(
+                    "UPDATE deliveries SET state='pending', attempts=0, next_attempt=?, updated=?,"
+                    " only_failed=(SELECT count(*)>0 FROM instance_failures WHERE delivery_id=?)"
+                    " WHERE id=?",
+                    (now, now, delivery_id, delivery_id),
+                )
+                db.execute(
+                    "INSERT INTO events (ts, batch_id, kind, detail) SELECT ?, batch_id,"
+                    " 'requeued', destination FROM deliveries WHERE id=?",
+                    (now, delivery_id),
+                )
+            batches = 0
+            if not destination:
+                sql = "SELECT id FROM batches WHERE state='quarantined'"
+                qargs: tuple[Any, ...] = ()
+                if series_uid:
+                    sql += " AND series_uid=?"
+                    qargs = (series_uid,)
+                quarantined = [r["id"] for r in db.execute(sql, qargs)]
+                for batch_id in quarantined:
+                    db.execute(
+                        "UPDATE batches SET state='complete', reason=NULL WHERE id=?", (batch_id,)
+                    )
+                    db.execute(
+                        "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
+                        (now, batch_id, "requeued", "quarantine released"),
+                    )
+                batches = len(quarantined)
+        return len(ids) + batches
+
+    # --- status and housekeeping --------------------------------------------------------
+
+    def queue_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._query(
+            "SELECT destination, state, count(*) AS n FROM deliveries"
+            " WHERE state IN ('pending', 'dead_letter') GROUP BY destination, state"
+        )
+        return {(r["destination"], r["state"]): r["n"] for r in rows}
+
+    def status(self, recent: int = 10) -> dict[str, Any]:
+        """Everything ``station status`` shows, as plain data."""
+        batch_states = {
+            r["state"]: r["n"]
+            for r in self._query("SELECT state, count(*) AS n FROM batches GROUP BY state")
+        }
+        destinations: dict[str, dict[str, int]] = {}
+        for r in self._query(
+            "SELECT destination, state, count(*) AS n FROM deliveries GROUP BY destination, state"
+        ):
+            destinations.setdefault(r["destination"], {})[r["state"]] = r["n"]
+        dead = self._query(
+            "SELECT d.id, d.destination, d.attempts, d.last_error, d.updated, b.series_uid,"
+            " b.study_uid, (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n,"
+            " (SELECT count(*) FROM instance_failures f WHERE f.delivery_id=d.id) AS failed"
+            " FROM deliveries d JOIN batches b ON b.id=d.batch_id WHERE d.state='dead_letter'"
+            " ORDER BY d.updated DESC"
+        )
+        quarantined = self._query(
+            "SELECT b.id, b.series_uid, b.study_uid, b.reason, b.completed_at,"
+            " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
+            " FROM batches b WHERE state='quarantined' ORDER BY b.completed_at DESC"
+        )
+        failures = self._query(
+            "SELECT d.destination, d.attempts, d.last_error, d.updated, d.state, b.series_uid"
+            " FROM deliveries d JOIN batches b ON b.id=d.batch_id"
+            " WHERE d.last_error IS NOT NULL ORDER BY d.updated DESC LIMIT ?",
+            (recent,),
+        )
+        return {
+            "series": batch_states,
+            "destinations": destinations,
+            "dead_letters": [dict(r) for r in dead],
+            "quarantined": [dict(r) for r in quarantined],
+            "recent_failures": [dict(r) for r in failures],
+        }
+
+    def spool_bytes(self) -> int:
+        return self._query("SELECT coalesce(sum(size), 0) AS n FROM instances")[0]["n"]
+
+    def expired_batches(self, delivered_before: float) -> list[int]:
+        """Batches whose work is finished and older than the retention period."""
+        rows = self._query(
+            "SELECT b.id FROM batches b WHERE b.completed_at<=? AND ("
+            " b.state IN ('filtered', 'unrouted') OR (b.state='routed' AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.batch_id=b.id AND d.state!='delivered')))",
+            (delivered_before,),
+        )
+        return [r["id"] for r in rows]
+
+    def forget_instances(self, batch_id: int) -> list[Path]:
+        """Drop a finished batch's instances from the journal; return their spool files."""
+        with self.transaction() as db:
+            paths = [
+                Path(r["path"])
+                for r in db.execute("SELECT path FROM instances WHERE batch_id=?", (batch_id,))
+            ]
+            db.execute("DELETE FROM instances WHERE batch_id=?", (batch_id,))
+            db.execute("UPDATE batches SET state='expired' WHERE id=?", (batch_id,))
+        return paths
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        batch_id=row["batch_id"],
+        destination=row["destination"],
+        routes=tuple(json.loads(row["routes"])),
+        transforms=tuple(json.loads(row["transforms"])),
+        state=row["state"],
+        attempts=row["attempts"],
+        next_attempt=row["next_attempt"],
+        last_error=row["last_error"],
+        only_failed=bool(row["only_failed"]),
+    )

@@ -1,0 +1,186 @@
+"""Prometheus metrics (names fixed in DESIGN.md) and the /metrics + /healthz endpoint.
+
+One ``Metrics`` object per service owns its own ``CollectorRegistry``; tests read values
+back with ``metrics.registry.get_sample_value(...)``. Labels come from bounded sets only:
+destination names, hook and plugin names, outcome enums, configured AE titles.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from station import __version__
+
+REJECT_REASONS = (
+    "not_dicom",
+    "malformed",
+    "missing_uid",
+    "invalid_uid",
+    "uid_mismatch",
+    "disk_full",
+    "internal",
+)
+MAX_CALLING_AES = 64  # bounds the calling_ae label when no allow-list is configured
+DISPATCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+LATENCY_BUCKETS = (1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.instances_received = Counter(
+            "station_instances_received",
+            "Instances accepted into the spool.",
+            ["source", "calling_ae"],
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "station_received_bytes", "Bytes of accepted instances.", ["source"], registry=r
+        )
+        self.instances_rejected = Counter(
+            "station_instances_rejected", "Instances refused, by reason.", ["reason"], registry=r
+        )
+        self.series_completed = Counter(
+            "station_series_completed",
+            "Series batches completed (quiet period or max wait).",
+            registry=r,
+        )
+        self.series_filtered = Counter(
+            "station_series_filtered",
+            "Series batches dropped by a filter plugin.",
+            ["plugin"],
+            registry=r,
+        )
+        self.series_unrouted = Counter(
+            "station_series_unrouted", "Series batches no route matched.", registry=r
+        )
+        self.series_quarantined = Counter(
+            "station_series_quarantined",
+            "Series batches set aside, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.dispatch_instances = Counter(
+            "station_dispatch_instances",
+            "Instances dispatched, by outcome (sent, failed).",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.dispatch_attempts = Counter(
+            "station_dispatch_attempts",
+            "Dispatch attempts of series batches, by outcome (success, retry, dead_letter).",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.dispatch_duration = Histogram(
+            "station_dispatch_duration_seconds",
+            "Time to dispatch one series batch.",
+            ["destination"],
+            buckets=DISPATCH_BUCKETS,
+            registry=r,
+        )
+        self.series_latency = Histogram(
+            "station_series_latency_seconds",
+            "From the first instance received to the series batch delivered.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_series = Gauge(
+            "station_queue_series",
+            "Series batches waiting for dispatch.",
+            ["destination"],
+            registry=r,
+        )
+        self.dead_letter_series = Gauge(
+            "station_dead_letter_series",
+            "Series batches in the dead letter.",
+            ["destination"],
+            registry=r,
+        )
+        self.hook_duration = Histogram(
+            "station_hook_duration_seconds", "Time spent in plugin hooks.", ["hook"], registry=r
+        )
+        self.plugin_errors = Counter(
+            "station_plugin_errors",
+            "Plugin hook calls that raised or returned a wrong type.",
+            ["plugin", "hook"],
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "station_spool_bytes", "Bytes of instance files in the spool.", registry=r
+        )
+        self.associations_active = Gauge(
+            "station_associations_active", "DICOM associations in progress (inbound).", registry=r
+        )
+        self.build_info = Info("station_build", "Station version.", registry=r)
+        self.build_info.info({"version": __version__})
+        for reason in REJECT_REASONS:
+            self.instances_rejected.labels(reason).inc(0)
+        self._calling_aes: set[str] = set()
+
+    def calling_ae_label(self, ae_title: str) -> str:
+        """The AE title as a label value, or ``other`` past MAX_CALLING_AES distinct ones."""
+        if ae_title in self._calling_aes or len(self._calling_aes) < MAX_CALLING_AES:
+            self._calling_aes.add(ae_title)
+            return ae_title
+        return "other"
+
+    def declare_destinations(self, names: Iterable[str]) -> None:
+        """Create every destination's series up front so dashboards show zeros."""
+        for name in names:
+            for outcome in ("sent", "failed"):
+                self.dispatch_instances.labels(name, outcome).inc(0)
+            for outcome in ("success", "retry", "dead_letter"):
+                self.dispatch_attempts.labels(name, outcome).inc(0)
+            self.queue_series.labels(name).set(0)
+            self.dead_letter_series.labels(name).set(0)
+
+
+class MetricsServer:
+    """Serves /metrics (Prometheus text format) and /healthz (JSON) on its own thread."""
+
+    def __init__(
+        self, metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, object]]
+    ) -> None:
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
+                elif path == "/healthz":
+                    state = health()
+                    code = 200 if state.get("ok") else 503
+                    body, ctype = json.dumps(state).encode(), "application/json"
+                else:
+                    body, ctype, code = b"see /metrics and /healthz\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,1 @@
+"""Ways instances come in: the C-STORE SCP (and, later, drop folders)."""

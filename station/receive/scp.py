@@ -1,0 +1,177 @@
+"""The C-STORE SCP: makes each received instance durable, then answers, and nothing more.
+
+pynetdicom streams each incoming data set into a file under the spool's ``tmp`` folder
+(chunked receive: memory stays flat, no decode). The handler reads the UIDs from that file
+(headers only), moves it into the spool, fsyncs, journals it and only then answers
+0x0000. Failures get their own status: 0xA700 when the disk is short, 0xC210 when the data
+set cannot be understood (not DICOM, a missing or invalid UID), 0xA900 when the data set's
+SOP Instance UID differs from the command's. Series logic, hooks and sending happen
+elsewhere, so the sending modality is never held up by them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+
+from station import tuning
+from station.config import ListenConfig
+from station.errors import RejectedInstance
+from station.journal import Journal, Received
+from station.metrics import Metrics
+from station.spool import DATASET_MISMATCH, Spool, identify
+
+log = logging.getLogger(__name__)
+
+
+class StoreSCP:
+    def __init__(
+        self,
+        ae_title: str,
+        listen: ListenConfig,
+        spool: Spool,
+        journal: Journal,
+        metrics: Metrics,
+        on_stored: Callable[[int], None] | None = None,
+    ) -> None:
+        self.ae_title = ae_title
+        self.listen = listen
+        self.spool = spool
+        self.journal = journal
+        self.metrics = metrics
+        self.on_stored = on_stored
+        self.server = None
+        self.port = listen.port
+        self._active: set[int] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        # pynetdicom writes incoming data sets to tempfile's default folder; put that on
+        # the spool's file system so the handler can move the file into place atomically.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.spool.tmp)
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = self.listen.max_associations
+        ae.maximum_pdu_size = self.listen.max_pdu_bytes
+        ae.require_calling_aet = list(self.listen.allowed_calling_aes)
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+        ae.add_supported_context(Verification)
+        handlers = [
+            *tuning.HANDLERS,
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self.ae = ae
+        self.server = ae.start_server(
+            (self.listen.host, self.listen.port), block=False, evt_handlers=handlers
+        )
+        self.port = self.server.server_address[1]
+
+    def stop(self, drain_seconds: float = 20) -> None:
+        """Take no new associations; let those in progress finish, then abort the rest."""
+        if self.server is None:
+            return
+        self.server.shutdown()
+        deadline = time.monotonic() + drain_seconds
+        while self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self.server.active_associations:
+            log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
+            assoc.abort()
+        self.server = None
+
+    # --- association bookkeeping -------------------------------------------------------
+
+    def _on_accepted(self, event: Event) -> None:
+        with self._lock:
+            self._active.add(id(event.assoc))
+            self.metrics.associations_active.set(len(self._active))
+
+    def _on_closed(self, event: Event) -> None:
+        with self._lock:
+            self._active.discard(id(event.assoc))
+            self.metrics.associations_active.set(len(self._active))
+
+    def _on_rejected(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.warning(
+            "rejected association from %r at %s:%s (not in listen.allowed_calling_aes or "
+            "too many associations)",
+            requestor.ae_title,
+            requestor.address,
+            requestor.port,
+        )
+
+    # --- C-STORE ----------------------------------------------------------------------
+
+    def _on_store(self, event: Event) -> int:
+        requestor = event.assoc.requestor
+        calling = requestor.ae_title.strip()
+        called = event.assoc.acceptor.ae_title.strip()
+        peer = f"{requestor.address}:{requestor.port}"
+        incoming = Path(event.dataset_path)
+        try:
+            header = identify(incoming)
+            commanded = str(event.request.AffectedSOPInstanceUID or "")
+            if commanded and commanded != header.sop_uid:
+                raise RejectedInstance(
+                    DATASET_MISMATCH,
+                    "uid_mismatch",
+                    f"data set SOP Instance UID {header.sop_uid} differs from the C-STORE "
+                    f"request's {commanded}",
+                )
+            size = incoming.stat().st_size
+            path = self.spool.store(incoming, header)
+            _batch, stale = self.journal.record_instance(
+                Received(
+                    sop_uid=header.sop_uid,
+                    study_uid=header.study_uid,
+                    series_uid=header.series_uid,
+                    sop_class=header.sop_class,
+                    transfer_syntax=header.transfer_syntax,
+                    path=path,
+                    size=size,
+                    calling_ae=calling,
+                    called_ae=called,
+                    peer=peer,
+                    source="scp",
+                )
+            )
+        except RejectedInstance as exc:
+            self.metrics.instances_rejected.labels(exc.reason).inc()
+            log.warning(
+                "refused instance from %s (%s) with 0x%04X: %s", calling, peer, exc.status, exc
+            )
+            return exc.status
+        except OSError as exc:
+            reason = "disk_full" if exc.errno == 28 else "internal"
+            self.metrics.instances_rejected.labels(reason).inc()
+            log.error("cannot store instance from %s (%s): %s", calling, peer, exc)
+            return 0xA700
+        except Exception:
+            self.metrics.instances_rejected.labels("internal").inc()
+            log.exception("failed to store an instance from %s (%s)", calling, peer)
+            return 0xA700
+        if stale is not None:
+            self.spool.remove(stale)
+        self.metrics.instances_received.labels("scp", self.metrics.calling_ae_label(calling)).inc()
+        self.metrics.received_bytes.labels("scp").inc(size)
+        if self.on_stored:
+            self.on_stored(size)
+        return 0x0000

@@ -1,0 +1,135 @@
+"""Deciding, once per completed series batch, where it goes: hooks, then route files.
+
+Order: filter hooks (any ``False`` drops), classify hooks (labels), route files in order
+(``final`` stops), route hooks (extra destinations). Each decision is journaled with the
+deliveries it creates in one transaction. A plugin failure quarantines this batch only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from station.errors import PluginError
+from station.journal import Journal
+from station.metrics import Metrics
+from station.plugins import Plugins
+from station.routes import Route
+from station.series import SeriesView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: str  # routed, filtered, unrouted, quarantined
+    reason: str | None
+    labels: dict[str, str]
+    deliveries: list[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]]
+
+
+def _is_label_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+def _is_name_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def decide(
+    series: SeriesView, plugins: Plugins, routes: list[Route], destinations: Mapping[str, Any]
+) -> Decision:
+    """Run hooks and routes for one series; raises PluginError when a plugin misbehaves."""
+    for plugin, verdict in plugins.call_each(
+        "station_filter_series", lambda r: isinstance(r, bool), "bool or None", series=series
+    ):
+        if verdict is False:
+            return Decision("filtered", f"filtered by plugin {plugin}", dict(series.labels), [])
+    labels = dict(series.labels)
+    for _plugin, extra in plugins.call_each(
+        "station_classify_series",
+        _is_label_map,
+        "dict[str, str] or None",
+        series=series.with_labels(labels),
+    ):
+        labels.update(extra or {})
+    series = series.with_labels(labels)
+
+    chosen: dict[tuple[str, str], tuple[list[str], tuple[dict[str, Any], ...]]] = {}
+    for route in routes:
+        if not route.matches(series):
+            continue
+        steps = tuple(step.model_dump() for step in route.transform)
+        for name in route.destinations:
+            key = (name, json.dumps(steps, sort_keys=True))
+            chosen.setdefault(key, ([], steps))[0].append(route.name)
+        if route.final:
+            break
+    for plugin, extra in plugins.call_each(
+        "station_route_series", _is_name_list, "list[str] or None", series=series
+    ):
+        for name in extra or ():
+            if name not in destinations:
+                raise PluginError(
+                    plugin, "station_route_series", f"destination {name!r} is not configured"
+                )
+            chosen.setdefault((name, "[]"), ([], ()))[0].append(f"plugin:{plugin}")
+    if not chosen:
+        return Decision("unrouted", "no route matched", labels, [])
+    deliveries = [(name, tuple(names), steps) for (name, _), (names, steps) in chosen.items()]
+    summary = "; ".join(f"{d} via {', '.join(r)}" for d, r, _ in deliveries)
+    return Decision("routed", summary, labels, deliveries)
+
+
+class Router:
+    """Applies ``decide`` to completed batches and journals the outcome."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        plugins: Plugins,
+        routes: list[Route],
+        destinations: Mapping[str, Any],
+        metrics: Metrics,
+    ) -> None:
+        self.journal = journal
+        self.plugins = plugins
+        self.routes = routes
+        self.destinations = destinations
+        self.metrics = metrics
+
+    def route(self, batch_id: int) -> Decision:
+        batch = self.journal.batch(batch_id)
+        paths = [i.path for i in self.journal.instances(batch_id)]
+        context = f"study {batch.study_uid} series {batch.series_uid} from {batch.calling_ae}"
+        try:
+            series = SeriesView.from_batch(batch, paths)
+            decision = decide(series, self.plugins, self.routes, self.destinations)
+        except PluginError as exc:
+            decision = Decision("quarantined", str(exc), dict(batch.labels), [])
+            self.metrics.series_quarantined.labels("plugin_error").inc()
+            log.error("quarantined %s: %s", context, exc)
+        except Exception as exc:
+            decision = Decision(
+                "quarantined",
+                f"routing failed: {type(exc).__name__}: {exc}",
+                dict(batch.labels),
+                [],
+            )
+            self.metrics.series_quarantined.labels("routing_error").inc()
+            log.exception("quarantined %s", context)
+        self.journal.finish_batch(
+            batch_id, decision.state, decision.reason, decision.labels, decision.deliveries
+        )
+        if decision.state == "filtered":
+            plugin = (decision.reason or "").removeprefix("filtered by plugin ")
+            self.metrics.series_filtered.labels(plugin).inc()
+        elif decision.state == "unrouted":
+            self.metrics.series_unrouted.inc()
+        log.info("%s: %d instances %s: %s", context, len(paths), decision.state, decision.reason)
+        return decision

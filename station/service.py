@@ -1,0 +1,177 @@
+"""Wires the stages: SCP -> spool + journal -> assembler -> router -> dispatcher; metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from station.config import (
+    DestinationConfig,
+    PluginDestinationConfig,
+    RetryConfig,
+    StationConfig,
+    default_destinations,
+)
+from station.dispatch.base import Destination, build_destination
+from station.dispatch.dispatcher import Dispatcher
+from station.errors import ConfigError
+from station.journal import Journal
+from station.metrics import Metrics, MetricsServer
+from station.plugins import Plugins
+from station.receive.scp import StoreSCP
+from station.router import Router
+from station.routes import Route, check_references, load_routes
+from station.series import Assembler
+from station.spool import Spool
+
+log = logging.getLogger(__name__)
+HOUSEKEEPING_SECONDS = 1.0
+RETENTION_CHECK_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a configuration names, loaded and cross-checked (no side effects)."""
+
+    config: StationConfig
+    plugins: Plugins
+    routes: list[Route]
+    destinations: dict[str, DestinationConfig]
+
+
+def load_setup(
+    config: StationConfig, plugins: Plugins | None = None, metrics: Metrics | None = None
+) -> Setup:
+    """Load plugins and routes and check every name they use; raise ConfigError."""
+    plugins = plugins or Plugins(config.plugins, config.blocked_plugins, metrics)
+    destinations = default_destinations(config)
+    problems = []
+    for name, dest in destinations.items():
+        if isinstance(dest, PluginDestinationConfig) and dest.type not in plugins.destination_types:
+            known = ", ".join(["dicom", "folder", *sorted(plugins.destination_types)])
+            problems.append(
+                f"{config.source or 'config'}: destinations.{name}.type: "
+                f"unknown destination type {dest.type!r} (known: {known})"
+            )
+    if config.routes is not None:
+        routes = load_routes(config.routes)
+    else:
+        routes = [Route(name="default", destinations=list(destinations), source_file="built-in")]
+    problems += check_references(routes, destinations, plugins.transforms)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return Setup(config, plugins, routes, destinations)
+
+
+class Station:
+    """One running station. ``start()`` then ``stop()``; everything else is owned here."""
+
+    def __init__(self, config: StationConfig, plugins: Plugins | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        setup = load_setup(config, plugins, self.metrics)
+        self.plugins = setup.plugins
+        self.plugins.metrics = self.metrics
+        self.routes = setup.routes
+        self.spool = Spool(config.storage.path, config.storage.min_free_bytes)
+        self.journal = Journal(config.storage.path / "journal.sqlite")
+        self.destinations: dict[str, Destination] = {
+            name: build_destination(name, dest, self.plugins.destination_types, config.ae_title)
+            for name, dest in setup.destinations.items()
+        }
+        retries: Mapping[str, RetryConfig] = {n: d.retry for n, d in setup.destinations.items()}
+        self.metrics.declare_destinations(self.destinations)
+        self.router = Router(
+            self.journal, self.plugins, self.routes, self.destinations, self.metrics
+        )
+        self.dispatcher = Dispatcher(
+            self.journal, self.destinations, retries, self.plugins, self.metrics
+        )
+        self.assembler = Assembler(
+            self.journal,
+            config.series.quiet_seconds,
+            config.series.max_wait_seconds,
+            self._complete,
+            on_closed=self.metrics.series_completed.inc,
+        )
+        self.scp = StoreSCP(config.ae_title, config.listen, self.spool, self.journal, self.metrics)
+        self.http: MetricsServer | None = None
+        if config.metrics.enabled:
+            self.http = MetricsServer(
+                self.metrics, config.metrics.host, config.metrics.port, self.health
+            )
+        self._stop = threading.Event()
+        self._housekeeper = threading.Thread(
+            target=self._housekeep, name="housekeeping", daemon=True
+        )
+        self.started = False
+
+    def _complete(self, batch_id: int) -> None:
+        decision = self.router.route(batch_id)
+        for destination, _routes, _steps in decision.deliveries:
+            self.dispatcher.wake(destination)
+
+    def recover(self) -> None:
+        """After a restart: drop files that were never acknowledged. Batches left open or
+        complete and pending deliveries continue by themselves from the journal."""
+        removed = self.spool.remove_orphans(self.journal.known_paths())
+        if removed:
+            log.info("removed %d spool files that were never acknowledged", removed)
+
+    def start(self) -> None:
+        self.recover()
+        if self.http:
+            self.http.start()
+        self.dispatcher.start()
+        self.assembler.start()
+        self.scp.start()
+        self._housekeeper.start()
+        self.started = True
+
+    def stop(self) -> None:
+        """SIGTERM: no new associations, in-flight ones finish, dispatch parks its state."""
+        self._stop.set()
+        self.scp.stop()
+        self.assembler.stop()
+        self.dispatcher.stop()
+        if self._housekeeper.is_alive():
+            self._housekeeper.join(5)
+        if self.http:
+            self.http.stop()
+        self.journal.close()
+
+    def health(self) -> dict[str, Any]:
+        ok = self.started and not self._stop.is_set() and self.scp.server is not None
+        return {"ok": ok, "ae_title": self.config.ae_title, "dicom_port": self.scp.port}
+
+    def update_gauges(self) -> None:
+        counts = self.journal.queue_counts()
+        for name in self.destinations:
+            self.metrics.queue_series.labels(name).set(counts.get((name, "pending"), 0))
+            self.metrics.dead_letter_series.labels(name).set(counts.get((name, "dead_letter"), 0))
+        self.metrics.spool_bytes.set(self.journal.spool_bytes())
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove delivered (or filtered, unrouted) batches older than the retention."""
+        now = time.time() if now is None else now
+        cutoff = now - self.config.storage.retention_hours * 3600
+        expired = self.journal.expired_batches(cutoff)
+        for batch_id in expired:
+            for path in self.journal.forget_instances(batch_id):
+                self.spool.remove(path)
+        return len(expired)
+
+    def _housekeep(self) -> None:
+        last_expiry = 0.0
+        while not self._stop.wait(HOUSEKEEPING_SECONDS):
+            try:
+                self.update_gauges()
+                if time.monotonic() - last_expiry > RETENTION_CHECK_SECONDS:
+                    last_expiry = time.monotonic()
+                    self.expire()
+            except Exception:
+                log.exception("housekeeping failed; will try again")
