@@ -1,0 +1,200 @@
+"""Fixtures that start real peers on 127.0.0.1: DCMTK's storescp/storescu and `station run`.
+
+Every process a test starts is stopped by its PID when the test ends; every wait polls a
+condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DATA = Path(os.environ.get("STATION_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"))
+VALID = DATA / "valid"
+MALFORMED = DATA / "malformed"
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+STORESCP = "/usr/bin/storescp"
+STORESCU = "/usr/bin/storescu"
+ECHOSCU = "/usr/bin/echoscu"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll until ``condition()`` is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StoreSCP:
+    """DCMTK storescp writing every received instance, bit-preserved, into ``folder``."""
+
+    def __init__(self, folder: Path, ae_title: str = "PACS", extra: tuple[str, ...] = ()) -> None:
+        self.folder = folder
+        self.ae_title = ae_title
+        self.extra = extra
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StoreSCP:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [STORESCP, "-aet", self.ae_title, "-od", str(self.folder), "+xa", "+B", "-uf",
+             *self.extra, str(self.port)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_for(self._listening, 10, message=f"storescp on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"storescp exited: {self.proc.stderr.read().decode()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.rglob("*") if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class StationProcess:
+    """`station run --config` as a subprocess, on ports it picks itself (port 0)."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.config = {
+            "listen": {"host": "127.0.0.1", "port": 0},
+            "metrics": {"host": "127.0.0.1", "port": 0},
+            "storage": str(workdir / "data"),
+            "series": {"quiet_seconds": 0.5},
+            **config,
+        }
+        self.config_path = workdir / "station.yaml"
+        self.log_path = workdir / "station.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.metrics_port = 0
+
+    def start(self) -> StationProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "station", "run", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        log.close()
+        match = wait_for(self._ready, 30, message="station to listen")
+        self.port = int(match.group(1))
+        metrics = re.search(r"metrics on http://[\d.]+:(\d+)/", self.log())
+        self.metrics_port = int(metrics.group(1)) if metrics else 0
+        return self
+
+    def _ready(self) -> re.Match[str] | None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"station exited with {self.proc.returncode}:\n{self.log()}")
+        matches = list(re.finditer(r"listening on [\d.]+:(\d+)", self.log()))
+        return matches[-1] if matches else None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample scraped from /metrics (0.0 when absent)."""
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            sample, _, label_text = key.partition("{")
+            got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if sample == name and got == wanted:
+                return float(value)
+        return 0.0
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "station", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, timeout=60, cwd=self.workdir,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def storescu(port: int, files: list[Path], aec: str = "STATION", aet: str = "STORESCU",
+             extra: tuple[str, ...] = (), timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """DCMTK storescu, proposing for each file exactly the transfer syntax it is in."""
+    return subprocess.run(
+        [STORESCU, "-aet", aet, "-aec", aec, "-R", "+sd", "-nh", *extra, "127.0.0.1", str(port),
+         *map(str, files)],
+        env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
+    scp = StoreSCP(tmp_path / "pacs").start()
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture
+def start_station(tmp_path: Path) -> Iterator[Callable[..., StationProcess]]:
+    started: list[StationProcess] = []
+
+    def start(config: dict[str, Any], name: str = "station") -> StationProcess:
+        proc = StationProcess(tmp_path / name, config).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(signal.SIGKILL)
+
+
+def dicom_destination(scp: StoreSCP, **extra: Any) -> dict[str, Any]:
+    return {"type": "dicom", "host": "127.0.0.1", "port": scp.port, "ae_title": scp.ae_title,
+            **extra}
