@@ -220,16 +220,25 @@ def format_validation_error(
         if len(loc) > 2 and loc[0] == "destinations" and loc[2] in ("dicom", "folder", "plugin"):
             loc = loc[:2] + loc[3:]
         full = prefix + loc
+        message = error["msg"].removeprefix("Value error, ")
+        # A validator's message may start with the key below this one ("Modality: ..."):
+        # point at that key's line.
+        head, sep, rest = message.partition(": ")
+        refined = False
+        if sep and line_of and " " not in head:
+            deeper = full + tuple(head.split("."))
+            if line_of(deeper) != line_of(full):
+                full, message, refined = deeper, rest, True
         line = line_of(full) if line_of else None
         where = f"{path}:{line}" if line else f"{path}"
         key = ".".join(str(p) for p in full) or "(top level)"
-        message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
             message = "required key is missing"
         got = error.get("input")
-        shown = "" if error["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        quiet = refined or error["type"] in ("missing", "extra_forbidden")
+        shown = "" if quiet else f" (got {got!r})"
         if isinstance(got, dict | list) and len(repr(got)) > 60:
             shown = ""
         lines.append(f"{where}: {key}: {message}{shown}")

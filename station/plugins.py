@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from station.errors import ConfigError, PluginError
 from station.metrics import Metrics
 
 ENTRY_POINT_GROUP = "station.plugins"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -197,9 +199,7 @@ class Plugins:
         try:
             self.call_each(hook, lambda _result: True, "None", **kwargs)
         except PluginError as exc:
-            import logging
-
-            logging.getLogger(__name__).warning("notification failed: %s", exc)
+            log.warning("notification failed: %s", exc)
 
     def _count_error(self, plugin: str, hook: str) -> None:
         if self.metrics:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 
@@ -39,6 +39,20 @@ class Regex(BaseModel):
 
 
 Condition = str | int | float | list[str | int | float] | Regex
+_CONDITION: TypeAdapter[Condition] = TypeAdapter(Condition)
+
+
+def _condition(key: str, value: Any) -> Condition:
+    if isinstance(value, dict):
+        try:
+            return Regex.model_validate(value)
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{key}: expected {{regex: PATTERN}} ({problem})") from None
+    try:
+        return _CONDITION.validate_python(value)
+    except ValidationError:
+        raise ValueError(f"{key}: expected a value or a list of values, got {value!r}") from None
 
 
 class TransformStep(BaseModel):
@@ -50,28 +64,33 @@ class TransformStep(BaseModel):
 class Route(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1)
-    match: dict[str, Condition | dict[str, Condition]] = {}
+    match: dict[str, Any] = {}
     transform: list[TransformStep] = []
     destinations: list[str] = []
     final: bool = False
     source_file: str = Field("", exclude=True)
 
-    @field_validator("match")
+    @field_validator("match", mode="before")
     @classmethod
-    def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _conditions(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        parsed: dict[str, Any] = {}
         for key, condition in value.items():
             if key == "labels":
                 if not isinstance(condition, dict):
                     raise ValueError("labels: expected a mapping of label name to condition")
+                parsed[key] = {
+                    label: _condition(f"labels.{label}", c) for label, c in condition.items()
+                }
                 continue
             if key not in SERIES_KEYS and tag_for_keyword(key) is None:
                 raise ValueError(
                     f"{key!r} is neither a DICOM keyword (e.g. Modality, SeriesDescription) "
                     f"nor one of labels, {', '.join(SERIES_KEYS)}"
                 )
-            if isinstance(condition, dict):
-                raise ValueError(f"{key}: expected a value, a list of values or {{regex: ...}}")
-        return value
+            parsed[key] = _condition(key, condition)
+        return parsed
 
     @field_validator("transform", mode="before")
     @classmethod

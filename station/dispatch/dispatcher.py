@@ -104,6 +104,17 @@ class Dispatcher:
             return self._finish(
                 delivery, batch, "dead_letter", f"destination {name!r} is no longer configured", {}
             )
+        missing = [
+            s["name"] for s in delivery.transforms if s["name"] not in self.plugins.transforms
+        ]
+        if missing:
+            return self._finish(
+                delivery,
+                batch,
+                "dead_letter",
+                f"transform {missing[0]!r} is no longer provided by any plugin",
+                {},
+            )
         prepare = self._prepare(delivery, batch, instances)
         started = time.monotonic()
         try:
