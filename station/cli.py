@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -167,25 +169,37 @@ def echo_command(
 
 def _files(paths: list[Path], scratch: Path) -> Iterator[Path]:
     """Every file under the given paths; zip archives are extracted into ``scratch``."""
+    extracted = itertools.count()
     for path in paths:
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                yield from _files([child], scratch)
-        elif zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                for index, member in enumerate(archive.infolist()):
-                    if member.is_dir():
-                        continue
-                    # Never use the member's name as a path: it may point outside scratch.
-                    target = scratch / f"{len(list(scratch.iterdir()))}-{index}.dcm"
-                    with archive.open(member) as src, open(target, "wb") as dst:
-                        while chunk := src.read(1 << 20):
-                            dst.write(chunk)
-                    yield target
+            yield from sorted(
+                p for p in path.rglob("*") if p.is_file() and not zipfile.is_zipfile(p)
+            )
+            for archive in sorted(
+                p for p in path.rglob("*") if p.is_file() and zipfile.is_zipfile(p)
+            ):
+                yield from _unzip(archive, scratch, extracted)
+        elif path.is_file() and zipfile.is_zipfile(path):
+            yield from _unzip(path, scratch, extracted)
         elif path.is_file():
             yield path
         else:
             typer.echo(f"skipped {path}: no such file or folder", err=True)
+
+
+def _unzip(path: Path, scratch: Path, numbers: Iterator[int]) -> Iterator[Path]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.is_dir():
+                    continue
+                # Never use the member's name as a path: it may point outside scratch.
+                target = scratch / f"{next(numbers)}.dcm"
+                with archive.open(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                yield target
+    except (zipfile.BadZipFile, RuntimeError, OSError) as exc:
+        typer.echo(f"skipped {path}: cannot read the zip archive: {exc}", err=True)
 
 
 @app.command()
