@@ -4,7 +4,9 @@ Every C-STORE status is checked. Success and warning statuses count as sent; 0xA
 of resources), an aborted association or a missing response raise TransientSendError so
 the whole batch is retried; any other failure status, or no accepted presentation context
 for an instance's SOP class and transfer syntax, refuses that instance permanently.
-Untransformed instances are sent from their spool file as they are (no decode).
+Untransformed instances are sent from their spool file as they are (no decode). For an
+instance in a little endian uncompressed syntax the SCU also offers Explicit and Implicit
+VR Little Endian, and converts only when the peer refuses the original syntax.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
@@ -27,6 +35,10 @@ from station.journal import Instance
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 VERIFICATION = "1.2.840.10008.1.1"
+# Syntaxes pynetdicom converts between without decoding pixel data (explicit <-> implicit
+# VR, deflated <-> inflated). Big endian is not among them: its pixel words would need
+# swapping.
+CONVERTIBLE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
 
 @dataclass(frozen=True)
@@ -89,17 +101,32 @@ def echo(peer: Peer) -> None:
         raise PermanentSendError(f"{peer} answered C-ECHO with status 0x{status.Status:04X}")
 
 
-def _chunks(instances: list[Instance]) -> Iterator[tuple[list[tuple[str, str]], list[Instance]]]:
+def _proposals(sop_class: str, syntax: str) -> list[tuple[str, list[str]]]:
+    """The presentation contexts to propose for one SOP class and transfer syntax: the
+    original, then (for uncompressed data) the little endian syntaxes to convert to."""
+    contexts = [(sop_class, [syntax])]
+    if syntax in CONVERTIBLE:
+        fallback = [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts != syntax]
+        contexts.append((sop_class, fallback))
+    return contexts
+
+
+def _chunks(
+    instances: list[Instance],
+) -> Iterator[tuple[list[tuple[str, list[str]]], list[Instance]]]:
     """Split instances so each association needs at most MAX_CONTEXTS contexts."""
-    contexts: list[tuple[str, str]] = []
+    contexts: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, str]] = set()
     group: list[Instance] = []
     for inst in instances:
         key = (inst.sop_class, inst.transfer_syntax)
-        if key not in contexts:
-            if len(contexts) == MAX_CONTEXTS:
+        if key not in seen:
+            proposals = _proposals(*key)
+            if len(contexts) + len(proposals) > MAX_CONTEXTS:
                 yield contexts, group
-                contexts, group = [], []
-            contexts.append(key)
+                contexts, group, seen = [], [], set()
+            contexts.extend(proposals)
+            seen.add(key)
         group.append(inst)
     if group:
         yield contexts, group
@@ -107,11 +134,12 @@ def _chunks(instances: list[Instance]) -> Iterator[tuple[list[tuple[str, str]], 
 
 def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> SendResult:
     """Send instances over as few associations as their presentation contexts allow."""
+    tuning.stream_data_sets()
     result = SendResult()
     for contexts, group in _chunks(instances):
         ae = _new_ae(peer)
-        for sop_class, syntax in contexts:
-            ae.add_requested_context(sop_class, syntax)
+        for sop_class, syntaxes in contexts:
+            ae.add_requested_context(sop_class, syntaxes)
         assoc = _associate(ae, peer)
         try:
             _store_group(assoc, peer, group, prepare, result)
@@ -121,8 +149,31 @@ def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> Sen
     return result
 
 
-def _accepted(assoc: Association) -> set[tuple[str, str]]:
-    return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+def _accepted(assoc: Association) -> dict[str, set[str]]:
+    """SOP class -> transfer syntaxes the peer accepted for it."""
+    accepted: dict[str, set[str]] = {}
+    for cx in assoc.accepted_contexts:
+        accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+    return accepted
+
+
+def _payload(inst: Instance, prepare: Prepare, syntaxes: set[str]) -> Dataset | str:
+    """What to hand to send_c_store: the spool file as it is whenever possible; a data set
+    when transformed or when it must be converted to an accepted uncompressed syntax.
+    Raises PermanentSendError when the peer accepted no syntax this instance can go in."""
+    if inst.transfer_syntax in syntaxes:
+        if prepare is not None:
+            return prepare(inst)
+        if not inst.path.exists():
+            raise PermanentSendError(f"spool file {inst.path} is missing")
+        return str(inst.path)
+    if inst.transfer_syntax in CONVERTIBLE and syntaxes & CONVERTIBLE:
+        # pynetdicom re-encodes a little endian data set in the accepted syntax.
+        return prepare(inst) if prepare is not None else dcmread(inst.path)
+    raise PermanentSendError(
+        f"no presentation context accepted for SOP class {inst.sop_class} "
+        f"with transfer syntax {inst.transfer_syntax}"
+    )
 
 
 def _store_group(
@@ -130,24 +181,14 @@ def _store_group(
 ) -> None:
     accepted = _accepted(assoc)
     for inst in group:
-        if (inst.sop_class, inst.transfer_syntax) not in accepted:
-            result.failed[inst.sop_uid] = (
-                f"{peer} accepted no presentation context for SOP class {inst.sop_class} "
-                f"with transfer syntax {inst.transfer_syntax}"
-            )
+        try:
+            payload = _payload(inst, prepare, accepted.get(inst.sop_class, set()))
+        except PermanentSendError as exc:
+            result.failed[inst.sop_uid] = f"{peer}: {exc}"
             continue
-        payload: Dataset | str
-        if prepare is None:
-            if not inst.path.exists():
-                result.failed[inst.sop_uid] = f"spool file {inst.path} is missing"
-                continue
-            payload = str(inst.path)
-        else:
-            try:
-                payload = prepare(inst)
-            except Exception as exc:
-                result.failed[inst.sop_uid] = f"transform failed: {type(exc).__name__}: {exc}"
-                continue
+        except Exception as exc:
+            result.failed[inst.sop_uid] = f"transform failed: {type(exc).__name__}: {exc}"
+            continue
         try:
             status = assoc.send_c_store(payload)
         except (RuntimeError, ValueError, AttributeError) as exc:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
@@ -57,7 +57,7 @@ class StoreSCP:
     def start(self) -> None:
         # pynetdicom writes incoming data sets to tempfile's default folder; put that on
         # the spool's file system so the handler can move the file into place atomically.
-        _config.STORE_RECV_CHUNKED_DATASET = True
+        tuning.stream_data_sets()
         tempfile.tempdir = str(self.spool.tmp)
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = self.listen.max_associations
