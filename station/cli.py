@@ -95,6 +95,8 @@ def run(
     if station.http:
         typer.echo(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
     typer.echo(f"storage {settings.storage.path}")
+    for watch in settings.watch:
+        typer.echo(f"watching drop folder {watch.path} (after: {watch.after})")
     for name, dest in station.destinations.items():
         typer.echo(
             f"destination {name}: {getattr(dest, 'peer', None) or getattr(dest, 'root', '')}"

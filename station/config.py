@@ -29,6 +29,7 @@ from station.errors import ConfigError
 
 ENV_PREFIX = "STATION_"
 DEFAULT_DESTINATION = "local-folder"
+DEFAULT_DROPBOX = "dropbox"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 printable chars, no backslash
 
 
@@ -51,6 +52,25 @@ class ListenConfig(Model):
     allowed_calling_aes: tuple[AETitle, ...] = ()
     max_associations: int = Field(16, ge=1, le=1000)
     max_pdu_bytes: int = Field(4_194_304, ge=0)
+
+
+class WatchConfig(Model):
+    """A drop folder: files and zip archives put there are ingested like received ones."""
+
+    path: Path
+    settle_seconds: float = Field(2.0, ge=0)
+    after: Literal["delete", "move", "keep"] = "delete"
+    move_to: Path | None = None
+    recursive: bool = True
+    polling: bool = False
+    rescan_seconds: float = Field(30.0, gt=0)
+    zip_max_bytes: int = Field(20 * 2**30, gt=0)
+    zip_max_files: int = Field(100_000, gt=0)
+
+    @property
+    def done_folder(self) -> Path:
+        """Where ``after: move`` puts ingested files."""
+        return self.move_to or self.path / ".station-done"
 
 
 class StorageConfig(Model):
@@ -129,6 +149,7 @@ class MetricsConfig(Model):
 class StationConfig(Model):
     ae_title: AETitle = "STATION"
     listen: ListenConfig = ListenConfig()
+    watch: tuple[WatchConfig, ...] = ()
     storage: StorageConfig = StorageConfig()
     series: SeriesConfig = SeriesConfig()
     plugins: tuple[str, ...] = ()
@@ -286,8 +307,15 @@ def _resolve_paths(config: StationConfig, base: Path) -> StationConfig:
     plugins = tuple(
         str(absolute(Path(p))) if ("/" in p or p.endswith(".py")) else p for p in config.plugins
     )
+    watch = tuple(
+        w.model_copy(
+            update={"path": absolute(w.path), "move_to": absolute(w.move_to) if w.move_to else None}
+        )
+        for w in config.watch
+    )
     return config.model_copy(
         update={
+            "watch": watch,
             "storage": config.storage.model_copy(update={"path": absolute(config.storage.path)}),
             "routes": absolute(config.routes) if config.routes else None,
             "destinations": destinations,
@@ -310,6 +338,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
                 f"{path}: the top level must be a mapping of keys, not a list or value"
             )
     overrides = _env_overrides(environ)
+    if path is None:
+        data = {"watch": [{"path": DEFAULT_DROPBOX}]}  # built-in defaults have a drop folder
     merged = _merge(data, overrides)
     source = str(path) if path else "built-in defaults"
     try:

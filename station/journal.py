@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_batch ON events(batch_id);
+CREATE TABLE IF NOT EXISTS dropped_files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -235,6 +242,26 @@ class Journal:
             )
         stale = Path(old["path"]) if old and old["path"] != str(item.path) else None
         return batch_id, stale
+
+    def mark_dropped(self, path: Path, size: int, mtime_ns: int, outcome: str) -> None:
+        """Remember that a drop-folder file was taken in (so a restart does not take it again)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO dropped_files (path, size, mtime_ns, outcome, at)"
+                " VALUES (?,?,?,?,?)",
+                (str(path), size, mtime_ns, outcome, time.time()),
+            )
+
+    def was_dropped(self, path: Path, size: int, mtime_ns: int) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM dropped_files WHERE path=? AND size=? AND mtime_ns=?",
+            (str(path), size, mtime_ns),
+        )
+        return bool(rows)
+
+    def forget_dropped(self, path: Path) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM dropped_files WHERE path=?", (str(path),))
 
     def known_paths(self) -> set[str]:
         return {row["path"] for row in self._query("SELECT path FROM instances")}

@@ -23,6 +23,7 @@ REJECT_REASONS = (
     "missing_uid",
     "invalid_uid",
     "uid_mismatch",
+    "dicomdir",
     "disk_full",
     "internal",
 )

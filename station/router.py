@@ -106,7 +106,8 @@ class Router:
     def route(self, batch_id: int) -> Decision:
         batch = self.journal.batch(batch_id)
         paths = [i.path for i in self.journal.instances(batch_id)]
-        context = f"study {batch.study_uid} series {batch.series_uid} from {batch.calling_ae}"
+        sender = batch.calling_ae or batch.source
+        context = f"study {batch.study_uid} series {batch.series_uid} from {sender} ({batch.peer})"
         try:
             series = SeriesView.from_batch(batch, paths)
             decision = decide(series, self.plugins, self.routes, self.destinations)

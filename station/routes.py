@@ -3,7 +3,8 @@
 A route file (``*.yaml`` in the ``routes`` folder, read in name order) holds one route (a
 mapping) or several (a list). All ``match`` conditions must hold; a list means "any of";
 ``{regex: ...}`` searches the value. Keys are DICOM keywords of the series' first header,
-``calling_ae``, ``called_ae``, ``source``, and ``labels`` (a mapping matched the same way).
+``calling_ae``, ``called_ae``, ``source`` (scp or folder), ``peer`` (the sender's
+address, or the drop folder's path), and ``labels`` (a mapping matched the same way).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from station.config import format_validation_error, load_yaml
 from station.errors import ConfigError
 from station.series import SeriesView
 
-SERIES_KEYS = ("calling_ae", "called_ae", "source")
+SERIES_KEYS = ("calling_ae", "called_ae", "source", "peer")
 
 
 class Regex(BaseModel):

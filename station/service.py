@@ -22,6 +22,7 @@ from station.errors import ConfigError
 from station.journal import Journal
 from station.metrics import Metrics, MetricsServer
 from station.plugins import Plugins
+from station.receive.folder import DropFolders, Ingestor
 from station.receive.scp import StoreSCP
 from station.router import Router
 from station.routes import Route, check_references, load_routes
@@ -99,6 +100,9 @@ class Station:
             on_closed=self.metrics.series_completed.inc,
         )
         self.scp = StoreSCP(config.ae_title, config.listen, self.spool, self.journal, self.metrics)
+        self.drop_folders = DropFolders(
+            config.watch, Ingestor(self.spool, self.journal, self.metrics, config.ae_title)
+        )
         self.http: MetricsServer | None = None
         if config.metrics.enabled:
             self.http = MetricsServer(
@@ -129,12 +133,16 @@ class Station:
         self.dispatcher.start()
         self.assembler.start()
         self.scp.start()
+        if self.config.watch:
+            self.drop_folders.start()
         self._housekeeper.start()
         self.started = True
 
     def stop(self) -> None:
         """SIGTERM: no new associations, in-flight ones finish, dispatch parks its state."""
         self._stop.set()
+        if self.config.watch:
+            self.drop_folders.stop()
         self.scp.stop()
         self.assembler.stop()
         self.dispatcher.stop()

@@ -24,6 +24,8 @@ from station.errors import RejectedInstance
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
 # DIMSE statuses the receive path answers with.
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
@@ -55,15 +57,25 @@ def identify(path: Path) -> Header:
     """Read and check the UIDs that decide where an instance goes; raise RejectedInstance."""
     try:
         ds = read_header(path)
-    except (InvalidDicomError, EOFError) as exc:
+    except InvalidDicomError as exc:
         raise RejectedInstance(
-            CANNOT_UNDERSTAND, "not_dicom", f"not a DICOM data set: {exc}"
+            CANNOT_UNDERSTAND,
+            "not_dicom",
+            "not a DICOM file: no 'DICM' prefix and File Meta Information after the preamble",
+        ) from exc
+    except EOFError as exc:
+        raise RejectedInstance(
+            CANNOT_UNDERSTAND, "malformed", f"data set is truncated: {exc}"
         ) from exc
     except Exception as exc:
         raise RejectedInstance(
             CANNOT_UNDERSTAND, "malformed", f"cannot parse data set: {type(exc).__name__}: {exc}"
         ) from exc
     meta = ds.file_meta
+    if meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+        raise RejectedInstance(
+            CANNOT_UNDERSTAND, "dicomdir", "a DICOMDIR (media index), not an image"
+        )
     values = {}
     for label, keyword, source in (
         ("Study Instance UID", "StudyInstanceUID", ds),
