@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +18,7 @@ from station import __version__
 from station.config import DicomDestinationConfig, StationConfig, load_config
 from station.dispatch.dicom import Peer, echo, store
 from station.errors import ConfigError, RejectedInstance, SendError
+from station.inputs import input_files
 from station.journal import Instance, Journal
 from station.service import Station, load_setup
 from station.spool import identify
@@ -169,41 +166,6 @@ def echo_command(
     typer.echo(f"C-ECHO {peer}: success ({(time.monotonic() - started) * 1000:.0f} ms)")
 
 
-def _files(paths: list[Path], scratch: Path) -> Iterator[Path]:
-    """Every file under the given paths; zip archives are extracted into ``scratch``."""
-    extracted = itertools.count()
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(
-                p for p in path.rglob("*") if p.is_file() and not zipfile.is_zipfile(p)
-            )
-            for archive in sorted(
-                p for p in path.rglob("*") if p.is_file() and zipfile.is_zipfile(p)
-            ):
-                yield from _unzip(archive, scratch, extracted)
-        elif path.is_file() and zipfile.is_zipfile(path):
-            yield from _unzip(path, scratch, extracted)
-        elif path.is_file():
-            yield path
-        else:
-            typer.echo(f"skipped {path}: no such file or folder", err=True)
-
-
-def _unzip(path: Path, scratch: Path, numbers: Iterator[int]) -> Iterator[Path]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.infolist():
-                if member.is_dir():
-                    continue
-                # Never use the member's name as a path: it may point outside scratch.
-                target = scratch / f"{next(numbers)}.dcm"
-                with archive.open(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                yield target
-    except (zipfile.BadZipFile, RuntimeError, OSError) as exc:
-        typer.echo(f"skipped {path}: cannot read the zip archive: {exc}", err=True)
-
-
 @app.command()
 def send(
     paths: Annotated[list[Path], typer.Argument(help="Files, folders or zip archives.")],
@@ -214,15 +176,14 @@ def send(
 ) -> None:
     """Send DICOM files as a C-STORE SCU (like storescu), checking every status."""
     peer = _peer(to, _config(config), aet, calling_aet)
-    skipped = 0
+    problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="station-send-") as scratch:
         instances = []
-        for path in _files(paths, Path(scratch)):
+        for item in input_files(paths, Path(scratch), problems):
             try:
-                h = identify(path)
+                h = identify(item.path)
             except RejectedInstance as exc:
-                typer.echo(f"skipped {path}: {exc}", err=True)
-                skipped += 1
+                problems.append(f"{item.name}: {exc}")
                 continue
             instances.append(
                 Instance(
@@ -231,10 +192,12 @@ def send(
                     h.series_uid,
                     h.sop_class,
                     h.transfer_syntax,
-                    path,
-                    path.stat().st_size,
+                    item.path,
+                    item.path.stat().st_size,
                 )
             )
+        for problem in problems:
+            typer.echo(f"skipped {problem}", err=True)
         if not instances:
             raise fail("nothing to send: no DICOM files found")
         try:
@@ -246,9 +209,9 @@ def send(
     typer.echo(
         f"sent {result.sent} of {len(instances)} instances to {peer}"
         + (f"; {len(result.failed)} refused" if result.failed else "")
-        + (f"; {skipped} files skipped" if skipped else "")
+        + (f"; {len(problems)} skipped" if problems else "")
     )
-    if result.failed or skipped:
+    if result.failed or problems:
         raise typer.Exit(1)
 
 

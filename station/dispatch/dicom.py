@@ -22,7 +22,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
@@ -67,22 +67,26 @@ def _new_ae(peer: Peer) -> AE:
 
 
 def _associate(ae: AE, peer: Peer) -> Association:
+    connected: list[bool] = []
     assoc = ae.associate(
         peer.host,
         peer.port,
         ae_title=peer.ae_title,
         max_pdu=peer.max_pdu_bytes,
-        evt_handlers=tuning.HANDLERS,
+        evt_handlers=[*tuning.HANDLERS, (evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
     )
     if assoc.is_established:
         return assoc
+    if not connected:
+        raise TransientSendError(
+            f"cannot connect to {peer}: connection refused, or no answer within "
+            f"{peer.timeout_seconds:g} s"
+        )
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
         reason = rsp.reason_str if rsp is not None else "unknown reason"
         raise TransientSendError(f"{peer} rejected the association: {reason}")
-    if assoc.is_aborted:
-        raise TransientSendError(f"{peer} aborted the association request")
-    raise TransientSendError(f"cannot connect to {peer} (connection refused or timed out)")
+    raise TransientSendError(f"{peer} aborted the association request (or did not answer it)")
 
 
 def echo(peer: Peer) -> None:
