@@ -20,6 +20,7 @@ from station.dispatch.dicom import Peer, echo, store
 from station.errors import ConfigError, RejectedInstance, SendError
 from station.inputs import input_files
 from station.journal import Instance, Journal
+from station.preview import render, route, summarize
 from station.service import Station, load_setup
 from station.spool import identify
 
@@ -213,6 +214,31 @@ def send(
     )
     if result.failed or problems:
         raise typer.Exit(1)
+
+
+@app.command()
+def preview(
+    paths: Annotated[list[Path], typer.Argument(help="Folders, zip archives or files.")],
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    source: Annotated[str, typer.Option(help="Route as if received by: folder or scp.")] = "folder",
+) -> None:
+    """Show per series what PATH holds, which routes match and what transforms change."""
+    settings = _config(config)
+    try:
+        setup = load_setup(settings)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="station-preview-") as scratch:
+        result = summarize(input_files(paths, Path(scratch), problems), problems)
+        route(result, setup, source, ", ".join(map(str, paths)))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        typer.echo(render(result))
+    if not result.series:
+        raise fail("no DICOM files found")
 
 
 def _ago(ts: float | None) -> str:

@@ -76,13 +76,13 @@ def identify(path: Path) -> Header:
         raise RejectedInstance(
             CANNOT_UNDERSTAND, "dicomdir", "a DICOMDIR (media index), not an image"
         )
-    values = {}
+    values: dict[str, str] = {}
     for label, keyword, source in (
-        ("Study Instance UID", "StudyInstanceUID", ds),
-        ("Series Instance UID", "SeriesInstanceUID", ds),
         ("SOP Instance UID", "SOPInstanceUID", ds),
         ("SOP Class UID", "SOPClassUID", ds),
         ("Transfer Syntax UID", "TransferSyntaxUID", meta),
+        ("Study Instance UID", "StudyInstanceUID", ds),
+        ("Series Instance UID", "SeriesInstanceUID", ds),
     ):
         try:
             value = source.get(keyword)
@@ -91,6 +91,11 @@ def identify(path: Path) -> Header:
                 CANNOT_UNDERSTAND, "malformed", f"{label} cannot be read: {exc}"
             ) from exc
         value = str(value).rstrip("\0 ") if value is not None else None
+        if not value and keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+            # Real-world objects (secondary captures, some exports) lack them; such an
+            # instance forms a series of its own, keyed by its SOP Instance UID. The data
+            # set itself is left as it is.
+            value = values["SOPInstanceUID"]
         if not value:
             raise RejectedInstance(CANNOT_UNDERSTAND, "missing_uid", f"{label} is missing")
         if not is_uid(value):
