@@ -37,45 +37,48 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.instances_received = Counter(
-            "station_instances_received",
+            "station_instances_received_total",
             "Instances accepted into the spool.",
             ["source", "calling_ae"],
             registry=r,
         )
         self.received_bytes = Counter(
-            "station_received_bytes", "Bytes of accepted instances.", ["source"], registry=r
+            "station_received_bytes_total", "Bytes of accepted instances.", ["source"], registry=r
         )
         self.instances_rejected = Counter(
-            "station_instances_rejected", "Instances refused, by reason.", ["reason"], registry=r
+            "station_instances_rejected_total",
+            "Instances refused, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.series_completed = Counter(
-            "station_series_completed",
+            "station_series_completed_total",
             "Series batches completed (quiet period or max wait).",
             registry=r,
         )
         self.series_filtered = Counter(
-            "station_series_filtered",
+            "station_series_filtered_total",
             "Series batches dropped by a filter plugin.",
             ["plugin"],
             registry=r,
         )
         self.series_unrouted = Counter(
-            "station_series_unrouted", "Series batches no route matched.", registry=r
+            "station_series_unrouted_total", "Series batches no route matched.", registry=r
         )
         self.series_quarantined = Counter(
-            "station_series_quarantined",
+            "station_series_quarantined_total",
             "Series batches set aside, by reason.",
             ["reason"],
             registry=r,
         )
         self.dispatch_instances = Counter(
-            "station_dispatch_instances",
+            "station_dispatch_instances_total",
             "Instances dispatched, by outcome (sent, failed).",
             ["destination", "outcome"],
             registry=r,
         )
         self.dispatch_attempts = Counter(
-            "station_dispatch_attempts",
+            "station_dispatch_attempts_total",
             "Dispatch attempts of series batches, by outcome (success, retry, dead_letter).",
             ["destination", "outcome"],
             registry=r,
@@ -109,7 +112,7 @@ class Metrics:
             "station_hook_duration_seconds", "Time spent in plugin hooks.", ["hook"], registry=r
         )
         self.plugin_errors = Counter(
-            "station_plugin_errors",
+            "station_plugin_errors_total",
             "Plugin hook calls that raised or returned a wrong type.",
             ["plugin", "hook"],
             registry=r,
@@ -120,6 +123,7 @@ class Metrics:
         self.associations_active = Gauge(
             "station_associations_active", "DICOM associations in progress (inbound).", registry=r
         )
+        # Exposed as station_build_info (Info adds the suffix).
         self.build_info = Info("station_build", "Station version.", registry=r)
         self.build_info.info({"version": __version__})
         for reason in REJECT_REASONS:
