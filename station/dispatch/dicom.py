@@ -95,6 +95,7 @@ def echo(peer: Peer) -> None:
     ae.add_requested_context(VERIFICATION)
     assoc = _associate(ae, peer)
     try:
+        tuning.pause_reactor(assoc)
         status = assoc.send_c_echo()
     finally:
         if assoc.is_established:
@@ -138,7 +139,7 @@ def _chunks(
 
 def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> SendResult:
     """Send instances over as few associations as their presentation contexts allow."""
-    tuning.stream_data_sets()
+    tuning.configure()
     result = SendResult()
     for contexts, group in _chunks(instances):
         ae = _new_ae(peer)
@@ -194,6 +195,7 @@ def _store_group(
             result.failed[inst.sop_uid] = f"transform failed: {type(exc).__name__}: {exc}"
             continue
         try:
+            tuning.pause_reactor(assoc)
             status = assoc.send_c_store(payload)
         except (RuntimeError, ValueError, AttributeError) as exc:
             # pynetdicom raises these when the association died under us.

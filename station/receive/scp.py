@@ -57,7 +57,7 @@ class StoreSCP:
     def start(self) -> None:
         # pynetdicom writes incoming data sets to tempfile's default folder; put that on
         # the spool's file system so the handler can move the file into place atomically.
-        tuning.stream_data_sets()
+        tuning.configure()
         tempfile.tempdir = str(self.spool.tmp)
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = self.listen.max_associations
