@@ -31,10 +31,21 @@ def input_files(paths: list[Path], scratch: Path, problems: list[str]) -> Iterat
             problems.append(f"{path}: no such file or folder")
 
 
+def is_zip_archive(path: Path) -> bool:
+    """Whether ``path`` is a zip archive, a damaged one too. ``zipfile.is_zipfile`` alone
+    only looks for an end record signature near the end, which pixel data may contain: a
+    DICOM file (``DICM`` after its 128-byte preamble) is never taken for an archive."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:] == b"DICM":
+        return False
+    return head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(path)
+
+
 def _one(
     path: Path, scratch: Path, numbers: Iterator[int], problems: list[str]
 ) -> Iterator[InputFile]:
-    if not zipfile.is_zipfile(path):
+    if not is_zip_archive(path):
         yield InputFile(path, str(path))
         return
     try:

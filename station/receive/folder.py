@@ -30,6 +30,7 @@ from watchdog.observers.polling import PollingObserver
 
 from station.config import WatchConfig
 from station.errors import RejectedInstance
+from station.inputs import is_zip_archive
 from station.journal import Journal, Received
 from station.metrics import Metrics
 from station.spool import Spool, identify
@@ -71,7 +72,7 @@ class Ingestor:
         else:
             self.spool.check_space(stat.st_size)
             try:
-                if zipfile.is_zipfile(path):
+                if is_zip_archive(path):
                     outcome = self._ingest_zip(watch, path)
                 else:
                     outcome = self._ingest_file(watch, path, path.name)
@@ -194,14 +195,21 @@ def _checked_members(archive: zipfile.ZipFile, watch: WatchConfig) -> list[zipfi
 
 
 def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
-    """Extract one member, never writing more than it declares (a lying header is a bomb)."""
+    """Extract one member, never writing more than it declares (a lying header is a bomb).
+    When that fails (a bomb, a corrupt member), nothing is left at ``target``."""
     written = 0
-    with archive.open(info) as src, open(target, "wb") as dst:
-        while chunk := src.read(COPY_CHUNK):
-            written += len(chunk)
-            if written > info.file_size:
-                raise Unacceptable(f"zip member {info.filename!r} expands beyond its stated size")
-            dst.write(chunk)
+    try:
+        with archive.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(COPY_CHUNK):
+                written += len(chunk)
+                if written > info.file_size:
+                    raise Unacceptable(
+                        f"zip member {info.filename!r} expands beyond its stated size"
+                    )
+                dst.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def _free_name(path: Path) -> Path:
