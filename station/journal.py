@@ -142,6 +142,15 @@ class Received:
     source: str
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """A file taken from a drop folder, as it was when taken."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
 class Journal:
     """Thread-safe access to the journal database. One instance per process."""
 
@@ -178,14 +187,19 @@ class Journal:
 
     # --- receiving ----------------------------------------------------------------------
 
-    def record_instance(self, item: Received, now: float | None = None) -> tuple[int, Path | None]:
-        """Journal a spooled instance into the open batch of its series (opening one).
+    def record_instance(
+        self, item: Received, now: float | None = None, dropped: Dropped | None = None
+    ) -> tuple[int, Path | None]:
+        """Journal a spooled instance into the open batch of its series (opening one), and
+        the drop-folder file it came from, if any, in the same transaction.
 
         Returns the batch id and, when the same SOP Instance UID was stored before under
         another path, that old path (the caller removes the stale file).
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
+            if dropped is not None:
+                self._remember_dropped(db, dropped, "ingested", now)
             row = db.execute(
                 "SELECT id FROM batches WHERE series_uid=? AND state='open'", (item.series_uid,)
             ).fetchone()
@@ -243,25 +257,38 @@ class Journal:
         stale = Path(old["path"]) if old and old["path"] != str(item.path) else None
         return batch_id, stale
 
-    def mark_dropped(self, path: Path, size: int, mtime_ns: int, outcome: str) -> None:
+    def mark_dropped(self, dropped: Dropped, outcome: str) -> None:
         """Remember that a drop-folder file was taken in (so a restart does not take it again)."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO dropped_files (path, size, mtime_ns, outcome, at)"
-                " VALUES (?,?,?,?,?)",
-                (str(path), size, mtime_ns, outcome, time.time()),
-            )
+            self._remember_dropped(db, dropped, outcome, time.time())
 
-    def was_dropped(self, path: Path, size: int, mtime_ns: int) -> bool:
+    @staticmethod
+    def _remember_dropped(
+        db: sqlite3.Connection, dropped: Dropped, outcome: str, now: float
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO dropped_files (path, size, mtime_ns, outcome, at)"
+            " VALUES (?,?,?,?,?)",
+            (str(dropped.path), dropped.size, dropped.mtime_ns, outcome, now),
+        )
+
+    def was_dropped(self, dropped: Dropped) -> bool:
         rows = self._query(
             "SELECT 1 FROM dropped_files WHERE path=? AND size=? AND mtime_ns=?",
-            (str(path), size, mtime_ns),
+            (str(dropped.path), dropped.size, dropped.mtime_ns),
         )
         return bool(rows)
 
-    def forget_dropped(self, path: Path) -> None:
+    def prune_dropped(self) -> int:
+        """Forget taken files that are no longer where they were taken from."""
+        gone = [
+            r["path"]
+            for r in self._query("SELECT path FROM dropped_files")
+            if not Path(r["path"]).exists()
+        ]
         with self.transaction() as db:
-            db.execute("DELETE FROM dropped_files WHERE path=?", (str(path),))
+            db.executemany("DELETE FROM dropped_files WHERE path=?", [(p,) for p in gone])
+        return len(gone)
 
     def known_paths(self) -> set[str]:
         return {row["path"] for row in self._query("SELECT path FROM instances")}

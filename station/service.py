@@ -23,6 +23,7 @@ from station.journal import Journal
 from station.metrics import Metrics, MetricsServer
 from station.plugins import Plugins
 from station.receive.folder import DropFolders, Ingestor
+from station.receive.intake import Intake
 from station.receive.scp import StoreSCP
 from station.router import Router
 from station.routes import Route, check_references, load_routes
@@ -99,10 +100,9 @@ class Station:
             self._complete,
             on_closed=self.metrics.series_completed.inc,
         )
-        self.scp = StoreSCP(config.ae_title, config.listen, self.spool, self.journal, self.metrics)
-        self.drop_folders = DropFolders(
-            config.watch, Ingestor(self.spool, self.journal, self.metrics, config.ae_title)
-        )
+        intake = Intake(self.spool, self.journal, self.metrics)
+        self.scp = StoreSCP(config.ae_title, config.listen, intake)
+        self.drop_folders = DropFolders(config.watch, Ingestor(intake, config.ae_title))
         self.http: MetricsServer | None = None
         if config.metrics.enabled:
             self.http = MetricsServer(

@@ -31,9 +31,9 @@ from watchdog.observers.polling import PollingObserver
 from station.config import WatchConfig
 from station.errors import RejectedInstance
 from station.inputs import is_zip_archive
-from station.journal import Journal, Received
-from station.metrics import Metrics
-from station.spool import Spool, identify
+from station.journal import Dropped
+from station.receive.intake import Intake, Origin
+from station.spool import identify
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
@@ -56,69 +56,55 @@ class _Candidate:
 class Ingestor:
     """Takes one dropped file or zip archive into the spool and journal."""
 
-    def __init__(self, spool: Spool, journal: Journal, metrics: Metrics, ae_title: str) -> None:
-        self.spool = spool
-        self.journal = journal
-        self.metrics = metrics
+    def __init__(self, intake: Intake, ae_title: str) -> None:
+        self.intake = intake
+        self.spool = intake.spool
+        self.journal = intake.journal
+        self.metrics = intake.metrics
         self.ae_title = ae_title
-        self.quarantine = spool.root / "quarantine"
+        self.quarantine = self.spool.root / "quarantine"
 
     def ingest(self, watch: WatchConfig, path: Path) -> str:
         """Ingest ``path``; return what happened. Raises RejectedInstance (disk full) to
         leave the file where it is for a later try."""
         stat = path.stat()
-        if self.journal.was_dropped(path, stat.st_size, stat.st_mtime_ns):
+        dropped = Dropped(path, stat.st_size, stat.st_mtime_ns)
+        if self.journal.was_dropped(dropped):
             outcome = "taken before"
         else:
             self.spool.check_space(stat.st_size)
             try:
                 if is_zip_archive(path):
                     outcome = self._ingest_zip(watch, path)
+                    self.journal.mark_dropped(dropped, outcome)
                 else:
-                    outcome = self._ingest_file(watch, path, path.name)
+                    partial = self.spool.tmp / f"{uuid.uuid4().hex}.part"
+                    shutil.copyfile(path, partial)
+                    outcome = self._take(watch, partial, path.name, dropped)
             except Unacceptable as exc:
                 self._quarantine_file(path, str(exc))
                 return f"quarantined: {exc}"
-            self.journal.mark_dropped(path, stat.st_size, stat.st_mtime_ns, outcome)
         self._after(watch, path)
         return outcome
 
-    def _ingest_file(self, watch: WatchConfig, source: Path, name: str) -> str:
-        partial = self.spool.tmp / f"{uuid.uuid4().hex}.part"
-        shutil.copyfile(source, partial)
-        return self._take(watch, partial, name)
-
-    def _take(self, watch: WatchConfig, partial: Path, name: str) -> str:
+    def _take(
+        self, watch: WatchConfig, partial: Path, name: str, dropped: Dropped | None = None
+    ) -> str:
         """Journal one file already copied to ``partial`` (in the spool's tmp folder)."""
         try:
             header = identify(partial)
         except RejectedInstance as exc:
             partial.unlink(missing_ok=True)
             if exc.reason == "dicomdir":
+                if dropped is not None:
+                    self.journal.mark_dropped(dropped, "skipped: DICOMDIR")
                 return "skipped: DICOMDIR"
             self.metrics.instances_rejected.labels(exc.reason).inc()
             raise Unacceptable(f"{name}: {exc}") from None
-        size = partial.stat().st_size
-        stored = self.spool.store(partial, header)
-        _batch, stale = self.journal.record_instance(
-            Received(
-                sop_uid=header.sop_uid,
-                study_uid=header.study_uid,
-                series_uid=header.series_uid,
-                sop_class=header.sop_class,
-                transfer_syntax=header.transfer_syntax,
-                path=stored,
-                size=size,
-                calling_ae="",
-                called_ae=self.ae_title,
-                peer=str(watch.path),
-                source="folder",
-            )
+        origin = Origin(
+            calling_ae="", called_ae=self.ae_title, peer=str(watch.path), source="folder"
         )
-        if stale is not None:
-            self.spool.remove(stale)
-        self.metrics.instances_received.labels("folder", "").inc()
-        self.metrics.received_bytes.labels("folder").inc(size)
+        self.intake.take(partial, header, origin, dropped)
         return "ingested"
 
     def _ingest_zip(self, watch: WatchConfig, path: Path) -> str:
@@ -144,14 +130,14 @@ class Ingestor:
         return f"zip: {taken} instances" + (f", {skipped} other files" if skipped else "")
 
     def _after(self, watch: WatchConfig, path: Path) -> None:
+        """Delete, move or keep a taken file. The journal's note of it is pruned later
+        (DropFolders.rescan), so this costs no commit."""
         if watch.after == "delete":
             path.unlink(missing_ok=True)
-            self.journal.forget_dropped(path)
         elif watch.after == "move":
             target = _free_name(watch.done_folder / path.relative_to(watch.path))
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(path, target)
-            self.journal.forget_dropped(path)
 
     def _quarantine_file(self, path: Path, reason: str) -> Path:
         target = _free_name(self.quarantine / path.name)
@@ -286,6 +272,7 @@ class DropFolders:
         candidate.moved_in = candidate.moved_in or moved_in
 
     def rescan(self) -> None:
+        self.ingestor.journal.prune_dropped()
         for watch in self.watches:
             for path in _walk(watch):
                 self._consider(path)

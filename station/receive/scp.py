@@ -15,7 +15,6 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.uid import AllTransferSyntaxes
@@ -26,9 +25,8 @@ from pynetdicom.sop_class import Verification
 from station import tuning
 from station.config import ListenConfig
 from station.errors import RejectedInstance
-from station.journal import Journal, Received
-from station.metrics import Metrics
-from station.spool import DATASET_MISMATCH, Spool, identify
+from station.receive.intake import Intake, Origin
+from station.spool import DATASET_MISMATCH, identify
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +36,12 @@ class StoreSCP:
         self,
         ae_title: str,
         listen: ListenConfig,
-        spool: Spool,
-        journal: Journal,
-        metrics: Metrics,
-        on_stored: Callable[[int], None] | None = None,
+        intake: Intake,
     ) -> None:
         self.ae_title = ae_title
         self.listen = listen
-        self.spool = spool
-        self.journal = journal
-        self.metrics = metrics
-        self.on_stored = on_stored
+        self.intake = intake
+        self.metrics = intake.metrics
         self.server = None
         self.port = listen.port
         self._active: set[int] = set()
@@ -58,7 +51,7 @@ class StoreSCP:
         # pynetdicom writes incoming data sets to tempfile's default folder; put that on
         # the spool's file system so the handler can move the file into place atomically.
         tuning.configure()
-        tempfile.tempdir = str(self.spool.tmp)
+        tempfile.tempdir = str(self.intake.spool.tmp)
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = self.listen.max_associations
         ae.maximum_pdu_size = self.listen.max_pdu_bytes
@@ -136,23 +129,7 @@ class StoreSCP:
                     f"data set SOP Instance UID {header.sop_uid} differs from the C-STORE "
                     f"request's {commanded}",
                 )
-            size = incoming.stat().st_size
-            path = self.spool.store(incoming, header)
-            _batch, stale = self.journal.record_instance(
-                Received(
-                    sop_uid=header.sop_uid,
-                    study_uid=header.study_uid,
-                    series_uid=header.series_uid,
-                    sop_class=header.sop_class,
-                    transfer_syntax=header.transfer_syntax,
-                    path=path,
-                    size=size,
-                    calling_ae=calling,
-                    called_ae=called,
-                    peer=peer,
-                    source="scp",
-                )
-            )
+            self.intake.take(incoming, header, Origin(calling, called, peer, "scp"))
         except RejectedInstance as exc:
             self.metrics.instances_rejected.labels(exc.reason).inc()
             log.warning(
@@ -168,10 +145,4 @@ class StoreSCP:
             self.metrics.instances_rejected.labels("internal").inc()
             log.exception("failed to store an instance from %s (%s)", calling, peer)
             return 0xA700
-        if stale is not None:
-            self.spool.remove(stale)
-        self.metrics.instances_received.labels("scp", self.metrics.calling_ae_label(calling)).inc()
-        self.metrics.received_bytes.labels("scp").inc(size)
-        if self.on_stored:
-            self.on_stored(size)
         return 0x0000

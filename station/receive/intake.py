@@ -1,0 +1,57 @@
+"""The one way an instance enters the station, whichever door it came through: moved into
+the spool durably, journaled into its series' open batch, counted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from station.journal import Dropped, Journal, Received
+from station.metrics import Metrics
+from station.spool import Header, Spool
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent an instance: recorded with it, matched by routes."""
+
+    calling_ae: str
+    called_ae: str
+    peer: str  # the sender's address, or the drop folder's path
+    source: str  # scp or folder
+
+
+class Intake:
+    def __init__(self, spool: Spool, journal: Journal, metrics: Metrics) -> None:
+        self.spool = spool
+        self.journal = journal
+        self.metrics = metrics
+
+    def take(
+        self, incoming: Path, header: Header, origin: Origin, dropped: Dropped | None = None
+    ) -> Path:
+        """Move ``incoming`` (a complete file on the spool's file system) into the spool and
+        journal it; when this returns, the instance may be acknowledged. ``dropped`` names
+        the drop-folder file it came from, remembered in the same transaction."""
+        size = incoming.stat().st_size
+        stored = self.spool.store(incoming, header)
+        received = Received(
+            sop_uid=header.sop_uid,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            sop_class=header.sop_class,
+            transfer_syntax=header.transfer_syntax,
+            path=stored,
+            size=size,
+            calling_ae=origin.calling_ae,
+            called_ae=origin.called_ae,
+            peer=origin.peer,
+            source=origin.source,
+        )
+        _batch, stale = self.journal.record_instance(received, dropped=dropped)
+        if stale is not None:
+            self.spool.remove(stale)
+        calling = self.metrics.calling_ae_label(origin.calling_ae)
+        self.metrics.instances_received.labels(origin.source, calling).inc()
+        self.metrics.received_bytes.labels(origin.source).inc(size)
+        return stored
