@@ -266,12 +266,22 @@ def format_validation_error(
     return "\n".join(lines)
 
 
+def _override_keys(name: str) -> list[str] | None:
+    """The key path an environment variable sets, or None when it is no override: only
+    ``STATION_<SECTION>...`` names count, so that ``STATION_CONFIG`` (the CLI's --config)
+    or another program's ``STATION_*`` variable never makes the config invalid."""
+    if not name.startswith(ENV_PREFIX):
+        return None
+    keys = name[len(ENV_PREFIX) :].lower().split("__")
+    return keys if keys[0] in StationConfig.model_fields and keys[0] != "source" else None
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("STATION_CONFIG",):
+        keys = _override_keys(name)
+        if keys is None:
             continue
-        keys = name[len(ENV_PREFIX) :].lower().split("__")
         try:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
@@ -346,7 +356,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         config = StationConfig.model_validate(merged)
     except ValidationError as exc:
         if overrides:
-            env_keys = ", ".join(n for n in environ if n.startswith(ENV_PREFIX))
+            env_keys = ", ".join(n for n in environ if _override_keys(n))
             source = f"{source} (with environment {env_keys})"
         raise ConfigError(format_validation_error(exc, source, line_of)) from exc
     base = path.resolve().parent if path else Path.cwd()

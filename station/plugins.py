@@ -107,7 +107,9 @@ class Plugins:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise ConfigError(f"plugin {exc.plugin_name}: {exc}") from exc
+            name = self.pm.get_name(exc.plugin)
+            known = ", ".join(n for n in vars(hookspecs) if n.startswith("station_"))
+            raise ConfigError(f"{self.origins.get(name, name)}: {exc} (hooks: {known})") from exc
         self.transforms = self._collect("station_transforms")
         self.destination_types = self._collect("station_destination_types")
 

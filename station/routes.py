@@ -70,6 +70,14 @@ class Route(BaseModel):
     destinations: list[str] = []
     final: bool = False
     source_file: str = Field("", exclude=True)
+    source_prefix: str = Field("", exclude=True)  # "2." for the third route of a list file
+    source_lines: dict[str, int] = Field({}, exclude=True)  # "destinations.1" -> line
+
+    def where(self, key: str) -> str:
+        """``file:line: key`` of one of this route's keys, to start a message with."""
+        line = self.source_lines.get(key)
+        at = f"{self.source_file}:{line}" if line else self.source_file
+        return f"{at}: {self.source_prefix}{key}"
 
     @field_validator("match", mode="before")
     @classmethod
@@ -87,8 +95,8 @@ class Route(BaseModel):
                 continue
             if key not in SERIES_KEYS and tag_for_keyword(key) is None:
                 raise ValueError(
-                    f"{key!r} is neither a DICOM keyword (e.g. Modality, SeriesDescription) "
-                    f"nor one of labels, {', '.join(SERIES_KEYS)}"
+                    f"{key}: unknown key: expected a DICOM keyword (e.g. Modality, "
+                    f"SeriesDescription) or one of labels, {', '.join(SERIES_KEYS)}"
                 )
             parsed[key] = _condition(key, condition)
         return parsed
@@ -143,6 +151,16 @@ def _holds(condition: Any, value: Any) -> bool:
     return any(str(w) == c for w in wanted for c in candidates)
 
 
+def _key_paths(route: dict[str, Any]) -> list[tuple[str | int, ...]]:
+    """The keys of a route that messages after validation point at."""
+    paths: list[tuple[str | int, ...]] = [("name",)]
+    for key in ("destinations", "transform"):
+        value = route.get(key)
+        count = len(value) if isinstance(value, list) else 0
+        paths += [(key,), *((key, i) for i in range(count))]
+    return paths
+
+
 def load_routes(path: Path) -> list[Route]:
     """Read a folder of route files (or one file); raise ConfigError naming every problem."""
     if path.is_dir():
@@ -165,16 +183,21 @@ def load_routes(path: Path) -> list[Route]:
             if not isinstance(item, dict):
                 problems.append(f"{file}:{line_of(prefix)}: a route must be a mapping")
                 continue
+            lines = {".".join(map(str, k)): line_of(prefix + k) for k in _key_paths(item)}
+            source = {
+                "source_file": str(file),
+                "source_prefix": "".join(f"{p}." for p in prefix),
+                "source_lines": {k: line for k, line in lines.items() if line},
+            }
             try:
-                routes.append(Route.model_validate({**item, "source_file": str(file)}))
+                routes.append(Route.model_validate({**item, **source}))
             except ValidationError as exc:
                 problems.append(format_validation_error(exc, file, line_of, prefix))
     names: dict[str, str] = {}
     for route in routes:
         if route.name in names:
             problems.append(
-                f"{route.source_file}: route name {route.name!r} is already used in "
-                f"{names[route.name]}"
+                f"{route.where('name')}: {route.name!r} is already used in {names[route.name]}"
             )
         names[route.name] = route.source_file
     if problems:
@@ -188,20 +211,23 @@ def check_references(
     """Problems with names a route uses that nothing provides."""
     problems = []
     for route in routes:
-        where = f"{route.source_file}: route {route.name!r}"
-        for name in route.destinations:
+        for index, name in enumerate(route.destinations):
             if name not in destinations:
                 known = ", ".join(sorted(destinations)) or "none"
                 problems.append(
-                    f"{where}: destinations: {name!r} is not configured (known: {known})"
+                    f"{route.where(f'destinations.{index}')}: {name!r} is not configured "
+                    f"(known: {known})"
                 )
-        for step in route.transform:
+        for index, step in enumerate(route.transform):
             if step.name not in transforms:
                 known = ", ".join(sorted(transforms)) or "none"
                 problems.append(
-                    f"{where}: transform: {step.name!r} is not provided by any plugin "
-                    f"(known: {known})"
+                    f"{route.where(f'transform.{index}')}: {step.name!r} is not provided by "
+                    f"any plugin (known: {known})"
                 )
         if not route.destinations:
-            problems.append(f"{where}: destinations: list at least one destination")
+            problems.append(
+                f"{route.where('destinations')}: route {route.name!r} goes nowhere; "
+                "list at least one destination"
+            )
     return problems

@@ -12,16 +12,23 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydicom import dcmread
 
-DATA = Path(os.environ.get("STATION_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"))
+DATA = Path(
+    os.environ.get(
+        "STATION_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
+    )
+)
 VALID = DATA / "valid"
 MALFORMED = DATA / "malformed"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -30,8 +37,12 @@ STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 30,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
     """Poll until ``condition()`` is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -62,9 +73,21 @@ class StoreSCP:
     def start(self) -> StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [STORESCP, "-aet", self.ae_title, "-od", str(self.folder), "+xa", "+B", "-uf",
-             *self.extra, str(self.port)],
-            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                STORESCP,
+                "-aet",
+                self.ae_title,
+                "-od",
+                str(self.folder),
+                "+xa",
+                "+B",
+                "-uf",
+                *self.extra,
+                str(self.port),
+            ],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         wait_for(self._listening, 10, message=f"storescp on port {self.port}")
         return self
@@ -106,19 +129,22 @@ class StationProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.metrics_port = 0
+        self._log_start = 0  # where this run's output begins in the (appended) log
 
     def start(self) -> StationProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config))
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "station", "run", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-        )
-        log.close()
+        self._log_start = len(self.log())
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "station", "run", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
         match = wait_for(self._ready, 30, message="station to listen")
         self.port = int(match.group(1))
-        metrics = re.search(r"metrics on http://[\d.]+:(\d+)/", self.log())
+        metrics = re.search(r"metrics on http://[\d.]+:(\d+)/", self.run_log())
         self.metrics_port = int(metrics.group(1)) if metrics else 0
         return self
 
@@ -126,16 +152,28 @@ class StationProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             pytest.fail(f"station exited with {self.proc.returncode}:\n{self.log()}")
-        matches = list(re.finditer(r"listening on [\d.]+:(\d+)", self.log()))
+        matches = list(re.finditer(r"listening on [\d.]+:(\d+)", self.run_log()))
         return matches[-1] if matches else None
+
+    def restart(self) -> StationProcess:
+        """Start again with the same config and storage (after ``stop``, a kill or a crash)."""
+        self.stop()
+        return self.start()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def run_log(self) -> str:
+        """The output of the current (latest) run only."""
+        return self.log()[self._log_start :]
+
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample scraped from /metrics (0.0 when absent)."""
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
             if line.startswith("#"):
@@ -150,7 +188,10 @@ class StationProcess:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "station", *args, "--config", str(self.config_path)],
-            capture_output=True, text=True, timeout=60, cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.workdir,
         )
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
@@ -164,14 +205,91 @@ class StationProcess:
             return self.proc.wait()
 
 
-def storescu(port: int, files: list[Path], aec: str = "STATION", aet: str = "STORESCU",
-             extra: tuple[str, ...] = (), timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def storescu_profile(files: list[Path], path: Path) -> list[str]:
+    """Write a storescu association profile ``Exact`` to ``path``: one presentation context per
+    (SOP class, transfer syntax) of ``files`` (folders: their files, not recursive).
+
+    storescu's ``-R`` alone proposes only the uncompressed syntaxes (DCMTK 3.6.7): it converts
+    deflated data sets and fails every compressed one ("unable to convert dataset"). Returns
+    the storescu options that select the profile, or ``-R`` when no file could be read.
+    """
+    contexts: list[tuple[str, str]] = []
+    for file in files:
+        for candidate in sorted(file.iterdir()) if file.is_dir() else [file]:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # real-world values that break VR rules
+                    ds = dcmread(candidate, stop_before_pixels=True)
+                pair = (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+            except Exception:
+                continue  # storescu reports what it cannot read itself
+            if pair not in contexts:
+                contexts.append(pair)
+    if not contexts:
+        return ["-R"]
+    if len(contexts) > 128:
+        raise ValueError(f"{len(contexts)} presentation contexts; one association allows 128")
+    syntaxes = sorted({syntax for _, syntax in contexts})
+    lines = ["[[TransferSyntaxes]]"]
+    for number, syntax in enumerate(syntaxes):
+        lines += [f"[TS{number}]", f"TransferSyntax1 = {syntax}"]
+    lines += ["[[PresentationContexts]]", "[Contexts]"]
+    for number, (sop_class, syntax) in enumerate(contexts, 1):
+        lines.append(f"PresentationContext{number} = {sop_class}\\TS{syntaxes.index(syntax)}")
+    lines += ["[[Profiles]]", "[Exact]", "PresentationContexts = Contexts"]
+    path.write_text("\n".join(lines) + "\n")
+    return ["-xf", str(path), "Exact"]
+
+
+def storescu_command(
+    port: int,
+    files: list[Path],
+    profile: Path,
+    aec: str = "STATION",
+    aet: str = "STORESCU",
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The storescu command line, proposing for each file exactly the transfer syntax it is in
+    (the association profile is written to ``profile``)."""
+    return [
+        STORESCU,
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        *storescu_profile(files, profile),
+        "+sd",
+        "-nh",
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
+
+
+def storescu(
+    port: int,
+    files: list[Path],
+    aec: str = "STATION",
+    aet: str = "STORESCU",
+    extra: tuple[str, ...] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """DCMTK storescu, proposing for each file exactly the transfer syntax it is in."""
-    return subprocess.run(
-        [STORESCU, "-aet", aet, "-aec", aec, "-R", "+sd", "-nh", *extra, "127.0.0.1", str(port),
-         *map(str, files)],
-        env=DCMTK_ENV, capture_output=True, text=True, timeout=timeout,
-    )
+    with tempfile.TemporaryDirectory(prefix="storescu-") as scratch:
+        return subprocess.run(
+            storescu_command(port, files, Path(scratch) / "storescu.cfg", aec, aet, extra),
+            env=DCMTK_ENV,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def storescu_successes(result: subprocess.CompletedProcess[str]) -> int:
+    """How many C-STOREs a ``storescu -v`` run saw answered with Success. Without ``-v``
+    storescu says nothing about a refusing status, and with ``-nh`` it still exits 0."""
+    return result.stderr.count("Received Store Response (Success)")
 
 
 @pytest.fixture
@@ -196,5 +314,10 @@ def start_station(tmp_path: Path) -> Iterator[Callable[..., StationProcess]]:
 
 
 def dicom_destination(scp: StoreSCP, **extra: Any) -> dict[str, Any]:
-    return {"type": "dicom", "host": "127.0.0.1", "port": scp.port, "ae_title": scp.ae_title,
-            **extra}
+    return {
+        "type": "dicom",
+        "host": "127.0.0.1",
+        "port": scp.port,
+        "ae_title": scp.ae_title,
+        **extra,
+    }
