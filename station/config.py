@@ -154,6 +154,7 @@ class StationConfig(Model):
     series: SeriesConfig = SeriesConfig()
     plugins: tuple[str, ...] = ()
     blocked_plugins: tuple[str, ...] = ()
+    plugin_options: dict[str, dict[str, Any]] = {}
     routes: Path | None = None
     destinations: dict[str, DestinationConfig] = {}
     metrics: MetricsConfig = MetricsConfig()

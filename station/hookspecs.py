@@ -27,6 +27,18 @@ Transform = Callable[["Dataset", "SeriesView", dict[str, Any]], None]
 
 
 @hookspec
+def station_configure(options: dict[str, Any]) -> None:
+    """Receive this plugin's options. Called once at start-up, before any other hook.
+
+    :param options: the mapping under ``plugin_options.<plugin name>`` in the station's
+        config (``{}`` when there is none). The plugin name is its entry point name, or the
+        file name without ``.py`` for a plugin loaded from a path.
+    :raises ValueError: when an option is wrong; the message is shown to the user as a
+        configuration error naming the plugin, and the station does not start.
+    """
+
+
+@hookspec
 def station_filter_series(series: SeriesView) -> bool | None:
     """Decide whether a completed series goes on. Called once per series batch, first.
 

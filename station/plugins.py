@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -80,8 +80,11 @@ class Plugins:
         blocked: tuple[str, ...] = (),
         metrics: Metrics | None = None,
         entry_points: bool = True,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        options_source: str = "config",
     ) -> None:
         self.metrics = metrics
+        self.options_source = options_source
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.origins: dict[str, str] = {}
@@ -110,13 +113,44 @@ class Plugins:
             name = self.pm.get_name(exc.plugin)
             known = ", ".join(n for n in vars(hookspecs) if n.startswith("station_"))
             raise ConfigError(f"{self.origins.get(name, name)}: {exc} (hooks: {known})") from exc
+        options = dict(options or {})
+        loaded = {name for name, plugin in self.pm.list_name_plugin() if plugin is not None}
+        for name in options:
+            if name not in loaded:
+                raise ConfigError(
+                    f"{options_source}: plugin_options.{name}: no plugin of that name is loaded "
+                    f"(loaded: {', '.join(sorted(loaded)) or 'none'})"
+                )
+        for name in loaded:
+            self._configure(name, options.get(name) or {})
         self.transforms = self._collect("station_transforms")
         self.destination_types = self._collect("station_destination_types")
 
-    def register(self, plugin: object, name: str, origin: str = "registered in code") -> None:
+    def _configure(self, name: str, options: Mapping[str, Any]) -> None:
+        """Hand a plugin its options; a plugin that refuses them is a configuration error."""
+        for impl in self.pm.hook.station_configure.get_hookimpls():
+            if impl.plugin_name != name:
+                continue
+            try:
+                impl.function(dict(options))
+            except ValueError as exc:
+                raise ConfigError(f"{self.options_source}: plugin_options.{name}: {exc}") from exc
+            except Exception as exc:
+                raise ConfigError(
+                    f"plugin {name}: station_configure raised {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def register(
+        self,
+        plugin: object,
+        name: str,
+        origin: str = "registered in code",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """Register a plugin object (used by tests and ``station.testing``)."""
         self.pm.register(plugin, name=name)
         self.origins[name] = origin
+        self._configure(name, options or {})
         self.transforms = self._collect("station_transforms")
         self.destination_types = self._collect("station_destination_types")
 

@@ -49,7 +49,13 @@ def load_setup(
     config: StationConfig, plugins: Plugins | None = None, metrics: Metrics | None = None
 ) -> Setup:
     """Load plugins and routes and check every name they use; raise ConfigError."""
-    plugins = plugins or Plugins(config.plugins, config.blocked_plugins, metrics)
+    plugins = plugins or Plugins(
+        config.plugins,
+        config.blocked_plugins,
+        metrics,
+        options=config.plugin_options,
+        options_source=str(config.source or "built-in defaults"),
+    )
     destinations = default_destinations(config)
     problems = []
     for name, dest in destinations.items():

@@ -509,7 +509,7 @@ def test_plugin_problems_are_config_errors(tmp_path: Path) -> None:
             return True
         """,
     )
-    hooks = "(hooks: station_filter_series, station_classify_series,"
+    hooks = "(hooks: station_configure, station_filter_series, station_classify_series,"
     for plugin, expected, also in [
         (broken, f"{broken}: plugin failed to import: RuntimeError: no config here", ""),
         (typo, f"{typo}: unknown hook 'station_filter_serie'", hooks),
@@ -519,3 +519,31 @@ def test_plugin_problems_are_config_errors(tmp_path: Path) -> None:
         (message,) = setup_error(load_config(cfg, environ=NO_ENV))
         assert message.startswith(expected)
         assert also in message
+
+
+def test_plugin_options_reach_the_plugin_and_wrong_ones_are_config_errors(tmp_path: Path) -> None:
+    plugin = tmp_path / "opts.py"
+    plugin.write_text(
+        "from station.hookspecs import hookimpl\n"
+        "SEEN = []\n"
+        "@hookimpl\n"
+        "def station_configure(options):\n"
+        "    if 'bad' in options:\n"
+        "        raise ValueError('bad: not an option of this plugin')\n"
+        "    SEEN.append(options)\n"
+    )
+    good = tmp_path / "good.yaml"
+    good.write_text("plugins: [opts.py]\nplugin_options: {opts: {threshold: 3}}\n")
+    setup = load_setup(load_config(good, environ={}))
+    module = next(p for n, p in setup.plugins.pm.list_name_plugin() if n == "opts")
+    assert module.SEEN == [{"threshold": 3}]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plugins: [opts.py]\nplugin_options: {opts: {bad: 1}}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: plugin_options.opts: bad: not an option"):
+        load_setup(load_config(bad, environ={}))
+
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("plugins: [opts.py]\nplugin_options: {nosuch: {}}\n")
+    with pytest.raises(ConfigError, match=r"plugin_options.nosuch: no plugin of that name"):
+        load_setup(load_config(unknown, environ={}))
