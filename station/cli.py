@@ -84,9 +84,10 @@ def run(
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot start: {exc}") from None
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     listen = settings.listen
     typer.echo(f"station {__version__} ({settings.source or 'built-in defaults'})")
     typer.echo(f"DICOM SCP {settings.ae_title} listening on {listen.host}:{station.scp.port}")
@@ -100,8 +101,10 @@ def run(
             f"destination {name}: {getattr(dest, 'peer', None) or getattr(dest, 'root', '')}"
         )
     sys.stdout.flush()
-    while not stop.wait(0.5):
-        pass
+    while not stop.wait(0.2):
+        if reload.is_set():
+            reload.clear()
+            typer.echo("reloaded" if station.reload() else "reload refused (see the log)")
     typer.echo("stopping: finishing associations in progress")
     station.stop()
     typer.echo("stopped")

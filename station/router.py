@@ -98,19 +98,24 @@ class Router:
         metrics: Metrics,
     ) -> None:
         self.journal = journal
-        self.plugins = plugins
-        self.routes = routes
         self.destinations = destinations
         self.metrics = metrics
+        self.use(plugins, routes)
+
+    def use(self, plugins: Plugins, routes: list[Route]) -> None:
+        """Route later batches with these plugins and routes (a batch being routed keeps
+        the pair it started with)."""
+        self._rules = (plugins, routes)
 
     def route(self, batch_id: int) -> Decision:
         batch = self.journal.batch(batch_id)
         paths = [i.path for i in self.journal.instances(batch_id)]
         sender = batch.calling_ae or batch.source
         context = f"study {batch.study_uid} series {batch.series_uid} from {sender} ({batch.peer})"
+        plugins, routes = self._rules
         try:
             series = SeriesView.from_batch(batch, paths)
-            decision = decide(series, self.plugins, self.routes, self.destinations)
+            decision = decide(series, plugins, routes, self.destinations)
         except PluginError as exc:
             decision = Decision("quarantined", str(exc), dict(batch.labels), [])
             self.metrics.series_quarantined.labels("plugin_error").inc()

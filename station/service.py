@@ -15,6 +15,7 @@ from station.config import (
     RetryConfig,
     StationConfig,
     default_destinations,
+    load_config,
 )
 from station.dispatch.base import Destination, build_destination
 from station.dispatch.dispatcher import Dispatcher
@@ -32,6 +33,8 @@ from station.spool import Spool
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
+# Settings a reload cannot change in a running station (sockets, files, workers own them).
+RESTART_KEYS = ("ae_title", "listen", "watch", "storage", "series", "destinations", "metrics")
 RETENTION_CHECK_SECONDS = 60.0
 
 
@@ -124,6 +127,37 @@ class Station:
         decision = self.router.route(batch_id)
         for destination, _routes, _steps in decision.deliveries:
             self.dispatcher.wake(destination)
+
+    def reload(self) -> bool:
+        """SIGHUP: load the config file again and put its routes, plugins and plugin
+        options in force for the batches routed from now on. Associations, transfers and
+        deliveries in progress are not touched. A broken new file is reported and the
+        running configuration stays; settings that need a restart are named."""
+        try:
+            config = load_config(self.config.source)
+            setup = load_setup(config, metrics=self.metrics)
+            problems = check_references(setup.routes, self.destinations, setup.plugins.transforms)
+            if problems:
+                raise ConfigError("\n".join(problems))
+        except ConfigError as exc:
+            log.error("reload refused; the running configuration stays in force:\n%s", exc)
+            return False
+        restart = [key for key in RESTART_KEYS if getattr(config, key) != getattr(self.config, key)]
+        if restart:
+            log.warning(
+                "reload: %s changed; that takes effect at the next restart", ", ".join(restart)
+            )
+        self.plugins = setup.plugins
+        self.routes = setup.routes
+        self.router.use(setup.plugins, setup.routes)
+        self.dispatcher.plugins = setup.plugins
+        log.info(
+            "reloaded %s: routes %s; plugins %s",
+            config.source or "built-in defaults",
+            ", ".join(r.name for r in setup.routes),
+            ", ".join(i.name for i in setup.plugins.describe()) or "none",
+        )
+        return True
 
     def recover(self) -> None:
         """After a restart: drop files that were never acknowledged. Batches left open or
