@@ -291,9 +291,19 @@ def status(
     if state["recent_failures"]:
         typer.echo("\nrecent failures:")
         for f in state["recent_failures"]:
+            retry = ""
+            if f["state"] == "pending":
+                retry = f", next try in {max(0.0, f['next_attempt'] - time.time()):.0f}s"
             typer.echo(
                 f"  {_ago(f['updated'])} {f['destination']} series {f['series_uid']} "
-                f"[{f['state']}, attempt {f['attempts']}]: {f['last_error']}"
+                f"[{f['state']}, attempt {f['attempts']}{retry}]: {f['last_error']}"
+            )
+    if state["recent_not_sent"]:
+        typer.echo("\nrecently not sent on purpose:")
+        for b in state["recent_not_sent"]:
+            typer.echo(
+                f"  {_ago(b['completed_at'])} series {b['series_uid']} ({b['n']} instances) "
+                f"{b['state']}: {b['reason']}"
             )
 
 

@@ -540,9 +540,17 @@ class Journal:
             " FROM batches b WHERE state='quarantined' ORDER BY b.completed_at DESC"
         )
         failures = self._query(
-            "SELECT d.destination, d.attempts, d.last_error, d.updated, d.state, b.series_uid"
+            "SELECT d.destination, d.attempts, d.last_error, d.updated, d.state,"
+            " d.next_attempt, b.series_uid"
             " FROM deliveries d JOIN batches b ON b.id=d.batch_id"
             " WHERE d.last_error IS NOT NULL ORDER BY d.updated DESC LIMIT ?",
+            (recent,),
+        )
+        not_sent = self._query(
+            "SELECT b.series_uid, b.study_uid, b.state, b.reason, b.completed_at,"
+            " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
+            " FROM batches b WHERE b.state IN ('filtered', 'unrouted')"
+            " ORDER BY b.completed_at DESC LIMIT ?",
             (recent,),
         )
         return {
@@ -551,6 +559,7 @@ class Journal:
             "dead_letters": [dict(r) for r in dead],
             "quarantined": [dict(r) for r in quarantined],
             "recent_failures": [dict(r) for r in failures],
+            "recent_not_sent": [dict(r) for r in not_sent],
         }
 
     def spool_bytes(self) -> int:
