@@ -31,6 +31,19 @@ DATA = Path(
 )
 VALID = DATA / "valid"
 MALFORMED = DATA / "malformed"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop at once, with the reason, when the DICOM corpus is not where the tests look."""
+    if not VALID.is_dir() or not MALFORMED.is_dir():
+        pytest.exit(
+            f"test data not found: {DATA} has no valid/ and malformed/ folders. The tests use "
+            "the shared DICOM corpus beside the repository (../shared/data/dicom); set "
+            "STATION_TEST_DATA to its path.",
+            returncode=1,
+        )
+
+
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"

@@ -17,8 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
@@ -58,8 +57,10 @@ class StoreSCP:
         ae.require_calling_aet = list(self.listen.allowed_calling_aes)
         ae.network_timeout = 60
         ae.dimse_timeout = 60
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+        # A router must take what the modality sends: private and not yet known storage SOP
+        # classes too, in whichever transfer syntax the sender prefers (it is stored as it
+        # comes). Other services (Verification) are negotiated as usual.
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
         ae.add_supported_context(Verification)
         handlers = [
             *tuning.HANDLERS,

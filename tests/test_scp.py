@@ -1,0 +1,37 @@
+"""What the C-STORE SCP accepts: any storage SOP class, private ones included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+from conftest import VALID, wait_for
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+PRIVATE_SOP_CLASS = "1.3.6.1.4.1.9590.100.1.2.1"  # not in the standard: a vendor's own
+
+
+def test_private_sop_class_is_accepted_stored_and_forwarded_unchanged(
+    tmp_path: Path, start_station
+) -> None:
+    ds = pydicom.dcmread(VALID / "CT_small.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = PRIVATE_SOP_CLASS
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    source = tmp_path / "private.dcm"
+    ds.save_as(source)
+    out = tmp_path / "out"
+    station = start_station({"destinations": {"out": {"type": "folder", "path": str(out)}}})
+
+    ae = AE("MODALITY")
+    ae.add_requested_context(PRIVATE_SOP_CLASS, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", station.port, ae_title="STATION")
+    assert assoc.is_established
+    status = assoc.send_c_store(source)
+    assoc.release()
+    assert status.Status == 0x0000
+
+    delivered = wait_for(lambda: list(out.rglob("*.dcm")), message="the private instance")
+    received = pydicom.dcmread(delivered[0])
+    assert received.SOPClassUID == PRIVATE_SOP_CLASS
+    assert received.PixelData == ds.PixelData
