@@ -35,3 +35,33 @@ def test_private_sop_class_is_accepted_stored_and_forwarded_unchanged(
     received = pydicom.dcmread(delivered[0])
     assert received.SOPClassUID == PRIVATE_SOP_CLASS
     assert received.PixelData == ds.PixelData
+
+
+def test_associations_beyond_the_cap_are_rejected_while_others_are_served(
+    tmp_path: Path, start_station
+) -> None:
+    out = tmp_path / "out"
+    station = start_station(
+        {
+            "listen": {"host": "127.0.0.1", "port": 0, "max_associations": 1},
+            "destinations": {"out": {"type": "folder", "path": str(out)}},
+        }
+    )
+    ae = AE("MODALITY")
+    ae.add_requested_context(
+        pydicom.dcmread(VALID / "CT_small.dcm").SOPClassUID, ExplicitVRLittleEndian
+    )
+    first = ae.associate("127.0.0.1", station.port, ae_title="STATION")
+    assert first.is_established
+    second = ae.associate("127.0.0.1", station.port, ae_title="STATION")
+    assert second.is_rejected  # A-ASSOCIATE-RJ (local limit exceeded): the sender retries
+    assert first.send_c_store(VALID / "CT_small.dcm").Status == 0x0000
+    first.release()
+    wait_for(
+        lambda: station.metric("station_associations_active") == 0,
+        message="the association to close",
+    )
+    third = ae.associate("127.0.0.1", station.port, ae_title="STATION")
+    assert third.is_established
+    third.release()
+    wait_for(lambda: list(out.rglob("*.dcm")), message="the instance sent on the first")
