@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from station.errors import ConfigError
+from station.plugins import DEFAULT_TIMEOUT_SECONDS
 
 ENV_PREFIX = "STATION_"
 DEFAULT_DESTINATION = "local-folder"
@@ -155,6 +156,7 @@ class StationConfig(Model):
     plugins: tuple[str, ...] = ()
     blocked_plugins: tuple[str, ...] = ()
     plugin_options: dict[str, dict[str, Any]] = {}
+    plugin_timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0, le=3600)
     routes: Path | None = None
     destinations: dict[str, DestinationConfig] = {}
     metrics: MetricsConfig = MetricsConfig()
@@ -315,8 +317,10 @@ def _resolve_paths(config: StationConfig, base: Path) -> StationConfig:
         else dest
         for name, dest in config.destinations.items()
     }
+    # A file or folder beside the config (``plugins: [plugins]``) is a path, not a module.
     plugins = tuple(
-        str(absolute(Path(p))) if ("/" in p or p.endswith(".py")) else p for p in config.plugins
+        str(absolute(Path(p))) if ("/" in p or p.endswith(".py") or (base / p).exists()) else p
+        for p in config.plugins
     )
     watch = tuple(
         w.model_copy(

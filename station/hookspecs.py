@@ -53,11 +53,13 @@ def station_filter_series(series: SeriesView) -> bool | None:
 def station_classify_series(series: SeriesView) -> dict[str, str] | None:
     """Label a series. Called once per series batch that passed the filters.
 
-    :param series: read-only view of the series; ``series.labels`` holds the labels of the
-        plugins called before (order is not guaranteed).
+    :param series: read-only view of the series. Every classify hook sees the same
+        ``series.labels`` (those the batch already had, normally none), never another
+        plugin's labels of this call.
     :return: a mapping of label name to value (both strings), merged into
         ``series.labels``; route files match them under ``match: {labels: {...}}``.
-        ``None`` adds nothing.
+        ``None`` adds nothing. When two plugins set the same label, which value wins is
+        not defined: give labels names of their own.
     """
 
 
@@ -89,8 +91,13 @@ def station_destination_types() -> dict[str, type] | None:
     """Provide extra destination kinds, used in the config as ``type: <name>``.
 
     Called once at start-up. The class is constructed as ``cls(name, options)`` with the
-    destination's config mapping and must provide ``send(batch) -> SendResult`` (see
-    ``station.dispatch.base.Destination``).
+    destination's config mapping (``type`` and ``retry`` included) and must provide
+    ``send(instances, prepare) -> SendResult`` (see ``station.dispatch.base.Destination``):
+    ``instances`` are the batch's ``station.journal.Instance`` records (``path`` is the
+    spool file, never to be modified); ``prepare`` is None when the route has no
+    transforms, else ``prepare(instance)`` returns the transformed ``Dataset`` to send.
+    Raise ``station.errors.TransientSendError`` to have the whole batch retried with
+    backoff; put per-instance permanent failures in ``SendResult.failed``.
 
     :return: mapping of type name to class.
     """

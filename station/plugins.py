@@ -3,6 +3,15 @@
 The manager is built in pluggy's order and owned by the service, never a module global:
 ``PluginManager("station")`` -> ``add_hookspecs`` -> blocked names -> entry points
 (``station.plugins``) -> configured files, folders and modules -> ``check_pending()``.
+
+Every hook call runs on a daemon thread of its own and is waited for at most
+``timeout_seconds``. Python cannot stop a thread: a call that overruns is abandoned (it runs
+on in the background, and being a daemon it never holds up the station's exit) and the
+caller gets a PluginError, so the router, which decides one batch at a time, is held up by
+a hung plugin for one time limit and then routes the other series. At most
+``MAX_OVERRUNNING`` abandoned calls of one plugin may run on at a time; beyond that its
+hooks are not called at all (each call fails at once, without waiting) until one returns,
+so a plugin that hangs on every series neither piles up threads nor slows the router down.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +35,8 @@ from station.errors import ConfigError, PluginError
 from station.metrics import Metrics
 
 ENTRY_POINT_GROUP = "station.plugins"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+MAX_OVERRUNNING = 4
 log = logging.getLogger(__name__)
 
 
@@ -82,8 +94,15 @@ class Plugins:
         entry_points: bool = True,
         options: Mapping[str, Mapping[str, Any]] | None = None,
         options_source: str = "config",
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        objects: Mapping[str, object] | None = None,
     ) -> None:
+        """Load the plugins; ``objects`` are plugin objects (modules, instances) registered
+        by name beside the ``targets``, before any is configured (``station.testing``)."""
         self.metrics = metrics
+        self.timeout_seconds = timeout_seconds
+        self._overrunning: dict[str, list[threading.Thread]] = {}
+        self._overrunning_lock = threading.Lock()
         self.options_source = options_source
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -97,16 +116,9 @@ class Plugins:
                 self.origins[name] = f"entry point of {dist.project_name} {dist.version}"
         for target in targets:
             for module, origin in _load_target(target):
-                name = module.__name__.removeprefix("station_plugin_")
-                if self.pm.is_blocked(name):
-                    continue
-                try:
-                    self.pm.register(module, name=name)
-                except ValueError as exc:
-                    raise ConfigError(f"{origin}: {exc}") from exc
-                except pluggy.PluginValidationError as exc:
-                    raise ConfigError(f"{origin}: {exc}") from exc
-                self.origins[name] = origin
+                self._add(module.__name__.removeprefix("station_plugin_"), module, origin)
+        for name, plugin in (objects or {}).items():
+            self._add(name, plugin, "registered in code")
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -126,15 +138,26 @@ class Plugins:
         self.transforms = self._collect("station_transforms")
         self.destination_types = self._collect("station_destination_types")
 
+    def _add(self, name: str, plugin: object, origin: str) -> None:
+        if self.pm.is_blocked(name):
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise ConfigError(f"{origin}: {exc}") from exc
+        self.origins[name] = origin
+
     def _configure(self, name: str, options: Mapping[str, Any]) -> None:
         """Hand a plugin its options; a plugin that refuses them is a configuration error."""
         for impl in self.pm.hook.station_configure.get_hookimpls():
             if impl.plugin_name != name:
                 continue
             try:
-                impl.function(dict(options))
+                self._call(name, "station_configure", impl.function, (dict(options),))
             except ValueError as exc:
                 raise ConfigError(f"{self.options_source}: plugin_options.{name}: {exc}") from exc
+            except PluginError as exc:
+                raise ConfigError(str(exc)) from exc
             except Exception as exc:
                 raise ConfigError(
                     f"plugin {name}: station_configure raised {type(exc).__name__}: {exc}"
@@ -175,7 +198,9 @@ class Plugins:
         owner: dict[str, str] = {}
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
-                result = impl.function()
+                result = self._call(impl.plugin_name, hook, impl.function, ())
+            except PluginError as exc:
+                raise ConfigError(str(exc)) from exc
             except Exception as exc:
                 raise ConfigError(
                     f"plugin {impl.plugin_name}: {hook}() raised {type(exc).__name__}: {exc}"
@@ -205,37 +230,95 @@ class Plugins:
     ) -> list[tuple[str, Any]]:
         """Call every implementation of ``hook`` on its own; return (plugin, result) pairs.
 
-        Raises PluginError naming the plugin when one raises or returns something that is
-        not ``None`` and fails ``check`` (described by ``expected``).
+        Raises PluginError naming the plugin when one raises, overruns ``timeout_seconds``
+        or returns something that is not ``None`` and fails ``check`` (described by
+        ``expected``).
         """
-        results = []
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            args = [kwargs[name] for name in impl.argnames]
-            started = time.perf_counter()
+        return [
+            (impl.plugin_name, self._call_checked(impl, hook, check, expected, kwargs))
+            for impl in getattr(self.pm.hook, hook).get_hookimpls()
+        ]
+
+    def _call_checked(
+        self,
+        impl: pluggy.HookImpl,
+        hook: str,
+        check: Callable[[Any], bool],
+        expected: str,
+        kwargs: Mapping[str, Any],
+    ) -> Any:
+        """One implementation's result; PluginError (counted) when it fails (see call_each)."""
+        args = tuple(kwargs[name] for name in impl.argnames)
+        started = time.perf_counter()
+        try:
+            result = self._call(impl.plugin_name, hook, impl.function, args)
+        except Exception as exc:
+            self._count_error(impl.plugin_name, hook)
+            if isinstance(exc, PluginError):
+                raise
+            raise PluginError(impl.plugin_name, hook, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if self.metrics:
+                self.metrics.hook_duration.labels(hook).observe(time.perf_counter() - started)
+        if result is not None and not check(result):
+            self._count_error(impl.plugin_name, hook)
+            raise PluginError(
+                impl.plugin_name,
+                hook,
+                f"returned {type(result).__name__} {result!r:.80}; expected {expected}",
+            )
+        return result
+
+    def _call(
+        self, plugin: str, hook: str, function: Callable[..., Any], args: tuple[Any, ...]
+    ) -> Any:
+        """``function(*args)`` on a daemon thread, waited for at most ``timeout_seconds``.
+
+        Returns its result or raises its exception here; raises PluginError when it overruns
+        (the thread is abandoned, see the module docstring) or when too many earlier calls
+        of this plugin are still running past the limit.
+        """
+        limit = f"{self.timeout_seconds:g} s"
+        with self._overrunning_lock:
+            running = [t for t in self._overrunning.get(plugin, ()) if t.is_alive()]
+            self._overrunning[plugin] = running
+        if len(running) >= MAX_OVERRUNNING:
+            raise PluginError(
+                plugin,
+                hook,
+                f"not called: {len(running)} earlier calls are still running past the "
+                f"{limit} time limit",
+            )
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
             try:
-                result = impl.function(*args)
-            except Exception as exc:
-                self._count_error(impl.plugin_name, hook)
-                raise PluginError(impl.plugin_name, hook, f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                if self.metrics:
-                    self.metrics.hook_duration.labels(hook).observe(time.perf_counter() - started)
-            if result is not None and not check(result):
-                self._count_error(impl.plugin_name, hook)
-                raise PluginError(
-                    impl.plugin_name,
-                    hook,
-                    f"returned {type(result).__name__} {result!r:.80}; expected {expected}",
-                )
-            results.append((impl.plugin_name, result))
-        return results
+                outcome["result"] = function(*args)
+            except BaseException as exc:  # handed to the caller, SystemExit included
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"{plugin}.{hook}", daemon=True)
+        thread.start()
+        thread.join(self.timeout_seconds)
+        if thread.is_alive():
+            with self._overrunning_lock:
+                self._overrunning.setdefault(plugin, []).append(thread)
+            raise PluginError(plugin, hook, f"timed out after {limit}")
+        error = outcome.get("error")
+        if isinstance(error, Exception):
+            raise error
+        if error is not None:
+            raise PluginError(plugin, hook, f"{type(error).__name__}: {error}") from error
+        return outcome.get("result")
 
     def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call a notification hook; a plugin that raises is counted and logged, no more."""
-        try:
-            self.call_each(hook, lambda _result: True, "None", **kwargs)
-        except PluginError as exc:
-            log.warning("notification failed: %s", exc)
+        """Call a notification hook; a plugin that fails is counted and logged, no more,
+        and the other plugins are notified all the same."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            try:
+                self._call_checked(impl, hook, lambda _result: True, "None", kwargs)
+            except PluginError as exc:
+                log.warning("notification failed: %s", exc)
 
     def _count_error(self, plugin: str, hook: str) -> None:
         if self.metrics:
