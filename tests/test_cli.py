@@ -283,7 +283,7 @@ def test_plugins_lists_bundled_and_configured_plugins(tmp_path: Path) -> None:
     assert lines[set_tags + 1].strip() == "station_transforms"
     tagger = lines.index(f"tagger  ({plugin})")
     assert lines[tagger + 1].strip() == "station_classify_series"
-    assert "transforms: set-tags" in lines
+    assert "transforms: anonymize, private-tags, set-tags, uid-remap" in lines
 
 
 @pytest.mark.parametrize("command", ["status", "retry"])
