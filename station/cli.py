@@ -19,10 +19,16 @@ from station.config import DicomDestinationConfig, StationConfig, load_config
 from station.dispatch.dicom import Peer, echo, store
 from station.errors import ConfigError, RejectedInstance, SendError
 from station.inputs import input_files
+from station.install import hidden_paths, install_service
 from station.journal import Instance, Journal
+from station.logs import LogFormat, setup_logging
 from station.preview import render, route, summarize
+from station.scaffold import new_plugin
 from station.service import Station, load_setup
 from station.spool import identify
+from station.systemd import Notifier
+from station.trace import render as render_trace
+from station.trace import trace
 
 app = typer.Typer(
     add_completion=False,
@@ -68,15 +74,23 @@ def _journal(config: StationConfig) -> Journal:
 def run(
     config: ConfigOption = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="human, or json: one JSON object per line (ts, level, logger, message, "
+            "study_uid, series_uid, calling_ae)."
+        ),
+    ] = LogFormat.human,
 ) -> None:
-    """Run the service: DICOM SCP, series assembly, routing, dispatch and /metrics."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    """Run the service: DICOM SCP, series assembly, routing, dispatch and /metrics.
+
+    Under systemd (Type=notify) it reports READY once everything listens, its status, and
+    watchdog pings while its loops turn."""
+    setup_logging(log_level, log_format)
+    # In JSON mode what it listens on is logged too, so that every line is JSON.
+    say = logging.getLogger(__name__).info if log_format is LogFormat.json else typer.echo
     settings = _config(config)
+    notifier = Notifier()
     try:
         station = Station(settings)
         station.start()
@@ -89,25 +103,28 @@ def run(
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     listen = settings.listen
-    typer.echo(f"station {__version__} ({settings.source or 'built-in defaults'})")
-    typer.echo(f"DICOM SCP {settings.ae_title} listening on {listen.host}:{station.scp.port}")
+    say(f"station {__version__} ({settings.source or 'built-in defaults'})")
+    say(f"DICOM SCP {settings.ae_title} listening on {listen.host}:{station.scp.port}")
     if station.http:
-        typer.echo(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
-    typer.echo(f"storage {settings.storage.path}")
+        say(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
+    say(f"storage {settings.storage.path}")
     for watch in settings.watch:
-        typer.echo(f"watching drop folder {watch.path} (after: {watch.after})")
+        say(f"watching drop folder {watch.path} (after: {watch.after})")
     for name, dest in station.destinations.items():
-        typer.echo(
-            f"destination {name}: {getattr(dest, 'peer', None) or getattr(dest, 'root', '')}"
-        )
+        say(f"destination {name}: {getattr(dest, 'peer', None) or getattr(dest, 'root', '')}")
     sys.stdout.flush()
+    notifier.ready(station.summary())
+    notifier.supervise(station.stalled, station.summary)
     while not stop.wait(0.2):
         if reload.is_set():
             reload.clear()
-            typer.echo("reloaded" if station.reload() else "reload refused (see the log)")
-    typer.echo("stopping: finishing associations in progress")
+            notifier.reloading()
+            say("reloaded" if station.reload() else "reload refused (see the log)")
+            notifier.ready(station.summary())
+    say("stopping: finishing associations in progress")
+    notifier.stopping("stopping: finishing associations in progress")
     station.stop()
-    typer.echo("stopped")
+    say("stopped")
 
 
 @app.command()
@@ -326,9 +343,15 @@ def retry(
     typer.echo(f"re-queued {count}; a running station picks them up within a second")
 
 
-@app.command()
-def plugins(config: ConfigOption = None) -> None:
+plugins_app = typer.Typer(help="Loaded plugins; `station plugins new NAME` starts one.")
+app.add_typer(plugins_app, name="plugins")
+
+
+@plugins_app.callback(invoke_without_command=True)
+def plugins(ctx: typer.Context, config: ConfigOption = None) -> None:
     """List loaded plugins, their hooks and where each came from."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
         setup = load_setup(_config(config))
     except ConfigError as exc:
@@ -339,6 +362,71 @@ def plugins(config: ConfigOption = None) -> None:
             typer.echo(f"    {hook}")
     if setup.plugins.transforms:
         typer.echo(f"transforms: {', '.join(sorted(setup.plugins.transforms))}")
+
+
+@plugins_app.command("new")
+def plugins_new(
+    name: Annotated[str, typer.Argument(help="Plugin name: a Python module name.")],
+    folder: Annotated[
+        Path, typer.Option("--dir", file_okay=False, help="Where to write (default: here).")
+    ] = Path("."),
+) -> None:
+    """Write a plugin module NAME.py and its test test_NAME.py, ready to edit."""
+    try:
+        plugin, test = new_plugin(name, folder)
+    except (ValueError, FileExistsError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"wrote {plugin} and {test}")
+    typer.echo(f"  test it:   python -m pytest {test}")
+    typer.echo(f"  enable it: plugins: [{plugin.resolve()}] in station.yaml")
+    typer.echo("  see it:    station plugins --config station.yaml; station preview FOLDER")
+
+
+@app.command("trace")
+def trace_command(
+    uid: Annotated[str, typer.Argument(help="A Study, Series or SOP Instance UID.")],
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The whole history of a study, series or instance: received, hooks, routes, every
+    dispatch attempt, and where it is now."""
+    journal = _journal(_config(config))
+    histories = trace(journal, uid)
+    journal.close()
+    if not histories:
+        raise fail(f"{uid}: no study, series or (kept) instance with this UID in the journal")
+    if as_json:
+        typer.echo(json.dumps([h.as_dict() for h in histories], indent=2))
+    else:
+        typer.echo(render_trace(uid, histories))
+
+
+@app.command("install-service")
+def install_service_command(
+    root: Annotated[
+        Path, typer.Option(help="Install under this folder instead of / (packaging, tests).")
+    ] = Path("/"),
+) -> None:
+    """Install the systemd unit, its user and folders, a config and example routes.
+
+    An existing /etc/station/station.yaml or routes folder is kept as it is."""
+    try:
+        installed = install_service(root)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot install: {exc} (run it as root)") from None
+    for item in installed:
+        typer.echo(f"{item.action:<8} {item.path}")
+    for path in hidden_paths():
+        typer.echo(
+            f"warning: the unit's ProtectHome=yes hides {path} from the service: install "
+            "station outside /root and /home (e.g. in a venv under /opt/station)",
+            err=True,
+        )
+    if root == Path("/"):
+        typer.echo("next: systemd-sysusers && systemd-tmpfiles --create station.conf")
+        typer.echo("      systemctl daemon-reload && systemctl enable --now station")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +123,15 @@ class Delivery:
     next_attempt: float
     last_error: str | None
     only_failed: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a batch's audit trail."""
+
+    ts: float
+    kind: str  # opened, completed, hook, routed/filtered/unrouted/quarantined, attempt, requeued
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -331,21 +340,7 @@ class Journal:
         return [r["id"] for r in self._query("SELECT id FROM batches WHERE state=?", (state,))]
 
     def batch(self, batch_id: int) -> Batch:
-        row = self._query("SELECT * FROM batches WHERE id=?", (batch_id,))[0]
-        return Batch(
-            id=row["id"],
-            study_uid=row["study_uid"],
-            series_uid=row["series_uid"],
-            state=row["state"],
-            first_received=row["first_received"],
-            last_received=row["last_received"],
-            calling_ae=row["calling_ae"] or "",
-            called_ae=row["called_ae"] or "",
-            peer=row["peer"] or "",
-            source=row["source"] or "",
-            labels=json.loads(row["labels"] or "{}"),
-            reason=row["reason"],
-        )
+        return _batch(self._query("SELECT * FROM batches WHERE id=?", (batch_id,))[0])
 
     def instances(self, batch_id: int) -> list[Instance]:
         rows = self._query(
@@ -376,13 +371,19 @@ class Journal:
         reason: str | None,
         labels: dict[str, str],
         deliveries: list[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]] = (),
+        hooks: Sequence[str] = (),
     ) -> None:
-        """Record the router's decision and the deliveries it created, atomically."""
+        """Record the router's decision, what each plugin hook decided (``hooks``, for the
+        audit trail) and the deliveries it created, atomically."""
         now = time.time()
         with self.transaction() as db:
             db.execute(
                 "UPDATE batches SET state=?, reason=?, labels=? WHERE id=?",
                 (state, reason, json.dumps(labels, sort_keys=True), batch_id),
+            )
+            db.executemany(
+                "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,'hook',?)",
+                [(now, batch_id, hook) for hook in hooks],
             )
             db.execute(
                 "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
@@ -449,7 +450,9 @@ class Journal:
                 " next_attempt=?, updated=? WHERE id=?",
                 (state, error, next_attempt or now, now, delivery.id),
             )
-            detail = f"{delivery.destination}: {outcome}" + (f": {error}" if error else "")
+            detail = f"{delivery.destination}: attempt {delivery.attempts + 1}: {outcome}" + (
+                f": {error}" if error else ""
+            )
             db.execute(
                 "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
                 (now, delivery.batch_id, "attempt", detail),
@@ -506,6 +509,39 @@ class Journal:
                     )
                 batches = len(quarantined)
         return len(ids) + batches
+
+    # --- audit trail (station trace) ----------------------------------------------------
+
+    def batches_for(self, uid: str) -> list[Batch]:
+        """The batches of a Study or Series Instance UID, or the batch holding a SOP Instance
+        UID (while its instance is kept: storage.retention_hours), oldest first."""
+        rows = self._query(
+            "SELECT * FROM batches WHERE study_uid=? OR series_uid=?"
+            " OR id IN (SELECT batch_id FROM instances WHERE sop_uid=?) ORDER BY id",
+            (uid, uid, uid),
+        )
+        return [_batch(r) for r in rows]
+
+    def events(self, batch_id: int) -> list[Event]:
+        rows = self._query(
+            "SELECT ts, kind, detail FROM events WHERE batch_id=? ORDER BY ts, id", (batch_id,)
+        )
+        return [Event(r["ts"], r["kind"], r["detail"] or "") for r in rows]
+
+    def deliveries(self, batch_id: int) -> list[Delivery]:
+        rows = self._query("SELECT * FROM deliveries WHERE batch_id=? ORDER BY id", (batch_id,))
+        return [_delivery(r) for r in rows]
+
+    def senders(self, batch_id: int) -> list[dict[str, Any]]:
+        """Who sent a batch's instances (still journaled): per calling AE, peer and source,
+        how many, how many bytes, first and last received."""
+        rows = self._query(
+            "SELECT calling_ae, called_ae, peer, source, count(*) AS n, sum(size) AS bytes,"
+            " min(received_at) AS first, max(received_at) AS last FROM instances"
+            " WHERE batch_id=? GROUP BY calling_ae, called_ae, peer, source ORDER BY first",
+            (batch_id,),
+        )
+        return [dict(r) for r in rows]
 
     # --- status and housekeeping --------------------------------------------------------
 
@@ -585,6 +621,23 @@ class Journal:
             db.execute("DELETE FROM instances WHERE batch_id=?", (batch_id,))
             db.execute("UPDATE batches SET state='expired' WHERE id=?", (batch_id,))
         return paths
+
+
+def _batch(row: sqlite3.Row) -> Batch:
+    return Batch(
+        id=row["id"],
+        study_uid=row["study_uid"],
+        series_uid=row["series_uid"],
+        state=row["state"],
+        first_received=row["first_received"],
+        last_received=row["last_received"],
+        calling_ae=row["calling_ae"] or "",
+        called_ae=row["called_ae"] or "",
+        peer=row["peer"] or "",
+        source=row["source"] or "",
+        labels=json.loads(row["labels"] or "{}"),
+        reason=row["reason"],
+    )
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:

@@ -120,6 +120,16 @@ class Metrics:
         self.spool_bytes = Gauge(
             "station_spool_bytes", "Bytes of instance files in the spool.", registry=r
         )
+        # Beyond DESIGN.md's list: with these an alert sees the disk filling up before the
+        # station starts refusing (at station_spool_min_free_bytes).
+        self.spool_free_bytes = Gauge(
+            "station_spool_free_bytes", "Free bytes on the spool's file system.", registry=r
+        )
+        self.spool_min_free_bytes = Gauge(
+            "station_spool_min_free_bytes",
+            "storage.min_free_bytes: below this much free space new instances are refused.",
+            registry=r,
+        )
         self.associations_active = Gauge(
             "station_associations_active", "DICOM associations in progress (inbound).", registry=r
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from station.errors import PluginError
 from station.journal import Journal
+from station.logs import series_fields
 from station.metrics import Metrics
 from station.plugins import Plugins
 from station.routes import Route
@@ -29,6 +30,7 @@ class Decision:
     reason: str | None
     labels: dict[str, str]
     deliveries: list[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]]
+    hooks: tuple[str, ...] = ()  # what each plugin decided, for the audit trail
 
 
 def _is_label_map(value: Any) -> bool:
@@ -45,18 +47,24 @@ def decide(
     series: SeriesView, plugins: Plugins, routes: list[Route], destinations: Mapping[str, Any]
 ) -> Decision:
     """Run hooks and routes for one series; raises PluginError when a plugin misbehaves."""
+    hooks: list[str] = []
     for plugin, verdict in plugins.call_each(
         "station_filter_series", lambda r: isinstance(r, bool), "bool or None", series=series
     ):
+        if verdict is not None:
+            hooks.append(f"station_filter_series: {plugin} {'kept' if verdict else 'dropped'} it")
         if verdict is False:
-            return Decision("filtered", f"filtered by plugin {plugin}", dict(series.labels), [])
+            reason = f"filtered by plugin {plugin}"
+            return Decision("filtered", reason, dict(series.labels), [], tuple(hooks))
     labels = dict(series.labels)
-    for _plugin, extra in plugins.call_each(
+    for plugin, extra in plugins.call_each(
         "station_classify_series",
         _is_label_map,
         "dict[str, str] or None",
         series=series.with_labels(labels),
     ):
+        if extra:
+            hooks.append(f"station_classify_series: {plugin} labelled it {_labels(extra)}")
         labels.update(extra or {})
     series = series.with_labels(labels)
 
@@ -79,11 +87,17 @@ def decide(
                     plugin, "station_route_series", f"destination {name!r} is not configured"
                 )
             chosen.setdefault((name, "[]"), ([], ()))[0].append(f"plugin:{plugin}")
+        if extra:
+            hooks.append(f"station_route_series: {plugin} added {', '.join(extra)}")
     if not chosen:
-        return Decision("unrouted", "no route matched", labels, [])
+        return Decision("unrouted", "no route matched", labels, [], tuple(hooks))
     deliveries = [(name, tuple(names), steps) for (name, _), (names, steps) in chosen.items()]
     summary = "; ".join(f"{d} via {', '.join(r)}" for d, r, _ in deliveries)
-    return Decision("routed", summary, labels, deliveries)
+    return Decision("routed", summary, labels, deliveries, tuple(hooks))
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 class Router:
@@ -112,6 +126,7 @@ class Router:
         paths = [i.path for i in self.journal.instances(batch_id)]
         sender = batch.calling_ae or batch.source
         context = f"study {batch.study_uid} series {batch.series_uid} from {sender} ({batch.peer})"
+        fields = series_fields(batch.study_uid, batch.series_uid, batch.calling_ae)
         plugins, routes = self._rules
         try:
             series = SeriesView.from_batch(batch, paths)
@@ -119,7 +134,7 @@ class Router:
         except PluginError as exc:
             decision = Decision("quarantined", str(exc), dict(batch.labels), [])
             self.metrics.series_quarantined.labels("plugin_error").inc()
-            log.error("quarantined %s: %s", context, exc)
+            log.error("quarantined %s: %s", context, exc, extra=fields)
         except Exception as exc:
             decision = Decision(
                 "quarantined",
@@ -128,14 +143,26 @@ class Router:
                 [],
             )
             self.metrics.series_quarantined.labels("routing_error").inc()
-            log.exception("quarantined %s", context)
+            log.exception("quarantined %s", context, extra=fields)
         self.journal.finish_batch(
-            batch_id, decision.state, decision.reason, decision.labels, decision.deliveries
+            batch_id,
+            decision.state,
+            decision.reason,
+            decision.labels,
+            decision.deliveries,
+            decision.hooks,
         )
         if decision.state == "filtered":
             plugin = (decision.reason or "").removeprefix("filtered by plugin ")
             self.metrics.series_filtered.labels(plugin).inc()
         elif decision.state == "unrouted":
             self.metrics.series_unrouted.inc()
-        log.info("%s: %d instances %s: %s", context, len(paths), decision.state, decision.reason)
+        log.info(
+            "%s: %d instances %s: %s",
+            context,
+            len(paths),
+            decision.state,
+            decision.reason,
+            extra=fields,
+        )
         return decision

@@ -96,9 +96,16 @@ class Assembler:
         self.poll = poll_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="assembler", daemon=True)
+        self._turned = time.monotonic()
 
     def start(self) -> None:
+        self._turned = time.monotonic()
         self._thread.start()
+
+    def idle_for(self) -> float:
+        """Seconds since the loop last began a pass (for the watchdog: a hook or a journal
+        write that hangs stops it turning)."""
+        return time.monotonic() - self._turned
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,6 +125,7 @@ class Assembler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._turned = time.monotonic()
             try:
                 self.close_due()
             except Exception:

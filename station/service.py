@@ -36,6 +36,11 @@ HOUSEKEEPING_SECONDS = 1.0
 # Settings a reload cannot change in a running station (sockets, files, workers own them).
 RESTART_KEYS = ("ae_title", "listen", "watch", "storage", "series", "destinations", "metrics")
 RETENTION_CHECK_SECONDS = 60.0
+# SIGTERM: Station.stop() returns within this; TimeoutStopSec= of systemd/station.service
+# must be longer (tests/test_service_ops.py checks it).
+STOP_SECONDS = 45.0
+SCP_DRAIN_SECONDS = 20.0
+DROP_FOLDER_STOP_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ def load_setup(
         metrics,
         options=config.plugin_options,
         options_source=str(config.source or "built-in defaults"),
+        timeout_seconds=config.plugin_timeout_seconds,
     )
     destinations = default_destinations(config)
     problems = []
@@ -89,6 +95,7 @@ class Station:
         self.plugins.metrics = self.metrics
         self.routes = setup.routes
         self.spool = Spool(config.storage.path, config.storage.min_free_bytes)
+        self.metrics.spool_min_free_bytes.set(config.storage.min_free_bytes)
         self.journal = Journal(config.storage.path / "journal.sqlite")
         self.destinations: dict[str, Destination] = {
             name: build_destination(name, dest, self.plugins.destination_types, config.ae_title)
@@ -179,18 +186,47 @@ class Station:
         self.started = True
 
     def stop(self) -> None:
-        """SIGTERM: no new associations, in-flight ones finish, dispatch parks its state."""
+        """SIGTERM: take no new files or associations, let the associations in progress
+        finish (SCP_DRAIN_SECONDS at most), route the batches that are complete and let each
+        destination finish the batch it is sending. Whatever is left stays in the journal
+        and continues at the next start. Returns within STOP_SECONDS."""
+        deadline = time.monotonic() + STOP_SECONDS
         self._stop.set()
         if self.config.watch:
-            self.drop_folders.stop()
-        self.scp.stop()
+            self.drop_folders.stop(DROP_FOLDER_STOP_SECONDS)
+        self.scp.stop(SCP_DRAIN_SECONDS)
         self.assembler.stop()
-        self.dispatcher.stop()
+        sending = self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
         if self._housekeeper.is_alive():
-            self._housekeeper.join(5)
+            self._housekeeper.join(HOUSEKEEPING_SECONDS)
         if self.http:
             self.http.stop()
+        if sending:  # their deliveries stay pending: sent again (at least once) next time
+            log.warning("stopping while still sending to %s", ", ".join(sending))
+            return
         self.journal.close()
+
+    def stalled(self, max_age: float) -> str | None:
+        """What has stopped working, for the systemd watchdog: series assembly not turning
+        for ``max_age`` seconds, or a dispatch worker that ended; None when all is well."""
+        idle = self.assembler.idle_for()
+        if idle > max_age:
+            return f"series assembly has not turned for {idle:.0f} s"
+        ended = self.dispatcher.ended_workers()
+        if ended:
+            return f"dispatch worker ended: {', '.join(ended)}"
+        return None
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: what listens, what is in progress and queued."""
+        counts = self.journal.queue_counts()
+        queued = sum(n for (_, state), n in counts.items() if state == "pending")
+        dead = sum(n for (_, state), n in counts.items() if state == "dead_letter")
+        associations = self.metrics.registry.get_sample_value("station_associations_active")
+        return (
+            f"SCP {self.config.ae_title} on port {self.scp.port}; {associations:.0f} associations;"
+            f" {queued} series queued; {dead} dead letters"
+        )
 
     def health(self) -> dict[str, Any]:
         ok = self.started and not self._stop.is_set() and self.scp.server is not None
@@ -202,6 +238,7 @@ class Station:
             self.metrics.queue_series.labels(name).set(counts.get((name, "pending"), 0))
             self.metrics.dead_letter_series.labels(name).set(counts.get((name, "dead_letter"), 0))
         self.metrics.spool_bytes.set(self.journal.spool_bytes())
+        self.metrics.spool_free_bytes.set(self.spool.free_bytes())
 
     def expire(self, now: float | None = None) -> int:
         """Remove delivered (or filtered, unrouted) batches older than the retention."""

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import warnings
@@ -278,6 +279,51 @@ def storescu_command(
         str(port),
         *map(str, files),
     ]
+
+
+class FollowedStorescu:
+    """storescu -v sending the files of ``made`` (path -> SOP Instance UID) in the background;
+    ``acknowledged`` grows with each UID answered Success, and ``enough`` is set once
+    ``count`` are (or storescu has ended)."""
+
+    def __init__(self, port: int, made: dict[Path, str], profile: Path, count: int) -> None:
+        self.made = made
+        self.count = count
+        self.acknowledged: list[str] = []
+        self.enough = threading.Event()
+        self.proc = subprocess.Popen(
+            storescu_command(port, list(made), profile, extra=("-v",)),
+            env=DCMTK_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._follow, daemon=True)
+        self._reader.start()
+
+    def _follow(self) -> None:
+        """storescu -v: "Sending file: PATH", then "Received Store Response (Success)"."""
+        assert self.proc.stdout is not None
+        current = None
+        for line in self.proc.stdout:
+            if line.startswith("I: Sending file: "):
+                current = Path(line.removeprefix("I: Sending file: ").strip())
+            elif "Received Store Response (Success)" in line and current is not None:
+                self.acknowledged.append(self.made[current])
+                if len(self.acknowledged) >= self.count:
+                    self.enough.set()
+        self.enough.set()  # storescu ended: let the test see how far it got
+
+    def finish(self, timeout: float = 30) -> int:
+        """storescu's exit code, once it and the reading of its output are done."""
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def storescu(

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import (
-    DCMTK_ENV,
     MALFORMED,
     VALID,
+    FollowedStorescu,
     StationProcess,
     StoreSCP,
     dicom_destination,
     storescu,
-    storescu_command,
     storescu_successes,
     wait_for,
 )
@@ -266,40 +263,14 @@ def test_bad_input_is_refused_and_the_service_keeps_serving(tmp_path, pacs, star
 def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path, pacs, start_station):
     made = make_instances(tmp_path / "outgoing", 200)
     station = start_station({"destinations": {"pacs": dicom_destination(pacs)}})
-    sender = subprocess.Popen(
-        storescu_command(station.port, list(made), tmp_path / "storescu.cfg", extra=("-v",)),
-        env=DCMTK_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    acknowledged: list[str] = []
-    enough = threading.Event()
-
-    def follow() -> None:
-        """storescu -v: "Sending file: PATH", then "Received Store Response (Success)"."""
-        assert sender.stdout is not None
-        current = None
-        for line in sender.stdout:
-            if line.startswith("I: Sending file: "):
-                current = Path(line.removeprefix("I: Sending file: ").strip())
-            elif "Received Store Response (Success)" in line and current is not None:
-                acknowledged.append(made[current])
-                if len(acknowledged) >= 80:
-                    enough.set()
-        enough.set()  # storescu ended: let the test see how far it got
-
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
+    sender = FollowedStorescu(station.port, made, tmp_path / "storescu.cfg", 80)
+    acknowledged = sender.acknowledged
     try:
-        assert enough.wait(60) and len(acknowledged) >= 80, f"{len(acknowledged)} acknowledged"
+        assert sender.enough.wait(60) and len(acknowledged) >= 80, f"{len(acknowledged)} acked"
         station.stop(signal.SIGKILL)
-        sender.wait(30)
-        reader.join(30)
+        sender.finish()
     finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait()
+        sender.stop()
     assert 80 <= len(acknowledged) < 200, "the kill must land in the middle of the transfer"
 
     station.restart()

@@ -22,6 +22,7 @@ from station.config import RetryConfig
 from station.dispatch.base import Destination, Prepare
 from station.errors import TransientSendError
 from station.journal import Delivery, Instance, Journal
+from station.logs import series_fields
 from station.metrics import Metrics
 from station.plugins import Plugins
 from station.series import SeriesView
@@ -52,27 +53,37 @@ class Dispatcher:
         self.metrics = metrics
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in destinations}
-        self._threads = [
-            threading.Thread(target=self._work, args=(name,), name=f"dispatch-{name}", daemon=True)
+        self._threads = {
+            name: threading.Thread(
+                target=self._work, args=(name,), name=f"dispatch-{name}", daemon=True
+            )
             for name in destinations
-        ]
+        }
 
     def start(self) -> None:
-        for thread in self._threads:
+        for thread in self._threads.values():
             thread.start()
+
+    def ended_workers(self) -> list[str]:
+        """Destinations whose worker thread has ended although it was not told to stop."""
+        if self._stop.is_set():
+            return []
+        return [n for n, t in self._threads.items() if t.ident is not None and not t.is_alive()]
 
     def wake(self, destination: str | None = None) -> None:
         for name, event in self._wake.items():
             if destination in (None, name):
                 event.set()
 
-    def stop(self, timeout: float = 30) -> None:
-        """Stop taking new work; a batch being sent finishes (or stays pending)."""
+    def stop(self, timeout: float = 30) -> list[str]:
+        """Stop taking new work; a batch being sent finishes (or stays pending). Returns the
+        destinations still sending after ``timeout``."""
         self._stop.set()
         self.wake()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in self._threads.values():
             thread.join(max(0.0, deadline - time.monotonic()))
+        return [name for name, thread in self._threads.items() if thread.is_alive()]
 
     def _work(self, name: str) -> None:
         wake = self._wake[name]
@@ -99,7 +110,9 @@ class Dispatcher:
         if delivery.only_failed:
             earlier = self.journal.failed_instances(delivery.id)
             instances = [i for i in instances if i.sop_uid in earlier]
-        context = f"study {batch.study_uid} series {batch.series_uid} -> {name}"
+        sender = batch.calling_ae or batch.source
+        context = f"study {batch.study_uid} series {batch.series_uid} from {sender} -> {name}"
+        fields = series_fields(batch.study_uid, batch.series_uid, batch.calling_ae)
         if destination is None:
             return self._finish(
                 delivery, batch, "dead_letter", f"destination {name!r} is no longer configured", {}
@@ -123,7 +136,7 @@ class Dispatcher:
             error = str(exc)
             result = None
         except Exception as exc:  # a plugin destination with a bug: retry, like transient
-            log.exception("%s: destination raised", context)
+            log.exception("%s: destination raised", context, extra=fields)
             error = f"{type(exc).__name__}: {exc}"
             result = None
         finally:
@@ -132,7 +145,9 @@ class Dispatcher:
             retry = self.retries[name]
             attempt = delivery.attempts + 1
             if attempt >= retry.max_attempts:
-                log.error("%s: dead letter after %d attempts: %s", context, attempt, error)
+                log.error(
+                    "%s: dead letter after %d attempts: %s", context, attempt, error, extra=fields
+                )
                 return self._finish(
                     delivery,
                     batch,
@@ -142,7 +157,12 @@ class Dispatcher:
                 )
             delay = backoff(attempt, retry)
             log.warning(
-                "%s: attempt %d failed, retrying in %.1f s: %s", context, attempt, delay, error
+                "%s: attempt %d failed, retrying in %.1f s: %s",
+                context,
+                attempt,
+                delay,
+                error,
+                extra=fields,
             )
             self.journal.record_attempt(delivery, "retry", error, time.time() + delay)
             self.metrics.dispatch_attempts.labels(name, "retry").inc()
@@ -152,9 +172,9 @@ class Dispatcher:
             self.metrics.dispatch_instances.labels(name, "failed").inc(len(result.failed))
             first = next(iter(result.failed.values()))
             error = f"{len(result.failed)} of {len(instances)} instances refused: {first}"
-            log.error("%s: %s", context, error)
+            log.error("%s: %s", context, error, extra=fields)
             return self._finish(delivery, batch, "dead_letter", error, result.failed)
-        log.info("%s: delivered %d instances", context, result.sent)
+        log.info("%s: delivered %d instances", context, result.sent, extra=fields)
         return self._finish(delivery, batch, "success", None, {})
 
     def _finish(

@@ -246,13 +246,16 @@ class DropFolders:
             self._observers.append(observer)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
+        """Take no more files; the one being taken finishes (a zip archive not yet taken
+        whole is taken again at the next start: its instances are stored once)."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         for observer in self._observers:
             observer.stop()
         for observer in self._observers:
-            observer.join(5)
-        self._thread.join(30)
+            observer.join(max(0.0, deadline - time.monotonic()))
+        self._thread.join(max(0.0, deadline - time.monotonic()))
 
     def _watch_of(self, path: Path) -> WatchConfig | None:
         for watch in self.watches:

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from station import tuning
 from station.config import ListenConfig
 from station.errors import RejectedInstance
+from station.logs import series_fields
 from station.receive.intake import Intake, Origin
 from station.spool import DATASET_MISMATCH, identify
 
@@ -83,12 +85,18 @@ class StoreSCP:
             return
         self.server.shutdown()
         deadline = time.monotonic() + drain_seconds
-        while self.server.active_associations and time.monotonic() < deadline:
+        while self._established() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in self.server.active_associations:
+        for assoc in self._established():
             log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
             assoc.abort()
         self.server = None
+
+    def _established(self) -> list[Association]:
+        """The associations in progress. A connection that never became one (a port probe)
+        holds no instance; pynetdicom keeps its thread until the ACSE timeout (30 s)."""
+        assert self.server is not None
+        return [a for a in self.server.active_associations if a.is_established]
 
     # --- association bookkeeping -------------------------------------------------------
 
@@ -120,8 +128,10 @@ class StoreSCP:
         called = event.assoc.acceptor.ae_title.strip()
         peer = f"{requestor.address}:{requestor.port}"
         incoming = Path(event.dataset_path)
+        fields = {"calling_ae": calling}  # with the UIDs once they are read, for the log
         try:
             header = identify(incoming)
+            fields = series_fields(header.study_uid, header.series_uid, calling)
             commanded = str(event.request.AffectedSOPInstanceUID or "")
             if commanded and commanded != header.sop_uid:
                 raise RejectedInstance(
@@ -134,16 +144,21 @@ class StoreSCP:
         except RejectedInstance as exc:
             self.metrics.instances_rejected.labels(exc.reason).inc()
             log.warning(
-                "refused instance from %s (%s) with 0x%04X: %s", calling, peer, exc.status, exc
+                "refused instance from %s (%s) with 0x%04X: %s",
+                calling,
+                peer,
+                exc.status,
+                exc,
+                extra=fields,
             )
             return exc.status
         except OSError as exc:
             reason = "disk_full" if exc.errno == 28 else "internal"
             self.metrics.instances_rejected.labels(reason).inc()
-            log.error("cannot store instance from %s (%s): %s", calling, peer, exc)
+            log.error("cannot store instance from %s (%s): %s", calling, peer, exc, extra=fields)
             return 0xA700
         except Exception:
             self.metrics.instances_rejected.labels("internal").inc()
-            log.exception("failed to store an instance from %s (%s)", calling, peer)
+            log.exception("failed to store an instance from %s (%s)", calling, peer, extra=fields)
             return 0xA700
         return 0x0000
