@@ -20,12 +20,14 @@ from station.dispatch.dicom import Peer, echo, store
 from station.errors import ConfigError, RejectedInstance, SendError
 from station.inputs import input_files
 from station.install import hidden_paths, install_service
-from station.journal import Instance, Journal
+from station.journal import Journal
 from station.logs import LogFormat, setup_logging
 from station.preview import render, route, summarize
+from station.records import Instance
 from station.scaffold import new_plugin
 from station.service import Station, load_setup
 from station.spool import identify
+from station.status import render_status, status_report
 from station.systemd import Notifier
 from station.trace import render as render_trace
 from station.trace import trace
@@ -261,16 +263,6 @@ def preview(
         raise fail("no DICOM files found")
 
 
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
-
-
 @app.command()
 def status(
     config: ConfigOption = None,
@@ -278,50 +270,9 @@ def status(
 ) -> None:
     """Queues per destination, dead letters and quarantine with their reasons."""
     journal = _journal(_config(config))
-    state = journal.status()
+    state = status_report(journal)
     journal.close()
-    if as_json:
-        typer.echo(json.dumps(state, indent=2))
-        return
-    series = state["series"]
-    typer.echo("series: " + (", ".join(f"{n} {s}" for s, n in sorted(series.items())) or "none"))
-    typer.echo(f"{'destination':<20} {'pending':>8} {'delivered':>10} {'dead letter':>12}")
-    for name, counts in sorted(state["destinations"].items()):
-        typer.echo(
-            f"{name:<20} {counts.get('pending', 0):>8} {counts.get('delivered', 0):>10}"
-            f" {counts.get('dead_letter', 0):>12}"
-        )
-    if state["dead_letters"]:
-        typer.echo("\ndead letters (station retry re-queues them):")
-        for d in state["dead_letters"]:
-            typer.echo(
-                f"  {d['destination']}: series {d['series_uid']} ({d['n']} instances, "
-                f"{d['attempts']} attempts, {_ago(d['updated'])}): {d['last_error']}"
-            )
-    if state["quarantined"]:
-        typer.echo("\nquarantined series (station retry re-routes them):")
-        for q in state["quarantined"]:
-            typer.echo(
-                f"  series {q['series_uid']} ({q['n']} instances, "
-                f"{_ago(q['completed_at'])}): {q['reason']}"
-            )
-    if state["recent_failures"]:
-        typer.echo("\nrecent failures:")
-        for f in state["recent_failures"]:
-            retry = ""
-            if f["state"] == "pending":
-                retry = f", next try in {max(0.0, f['next_attempt'] - time.time()):.0f}s"
-            typer.echo(
-                f"  {_ago(f['updated'])} {f['destination']} series {f['series_uid']} "
-                f"[{f['state']}, attempt {f['attempts']}{retry}]: {f['last_error']}"
-            )
-    if state["recent_not_sent"]:
-        typer.echo("\nrecently not sent on purpose:")
-        for b in state["recent_not_sent"]:
-            typer.echo(
-                f"  {_ago(b['completed_at'])} series {b['series_uid']} ({b['n']} instances) "
-                f"{b['state']}: {b['reason']}"
-            )
+    typer.echo(json.dumps(state, indent=2) if as_json else render_status(state))
 
 
 @app.command()

@@ -17,9 +17,18 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from station.records import (
+    Batch,
+    Delivery,
+    Dropped,
+    Instance,
+    Received,
+    batch_from_row,
+    delivery_from_row,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -84,82 +93,6 @@ CREATE TABLE IF NOT EXISTS dropped_files (
 """
 
 
-@dataclass(frozen=True)
-class Instance:
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class: str
-    transfer_syntax: str
-    path: Path
-    size: int
-
-
-@dataclass(frozen=True)
-class Batch:
-    id: int
-    study_uid: str
-    series_uid: str
-    state: str
-    first_received: float
-    last_received: float
-    calling_ae: str
-    called_ae: str
-    peer: str
-    source: str
-    labels: dict[str, str]
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    batch_id: int
-    destination: str
-    routes: tuple[str, ...]
-    transforms: tuple[dict[str, Any], ...]
-    state: str
-    attempts: int
-    next_attempt: float
-    last_error: str | None
-    only_failed: bool
-
-
-@dataclass(frozen=True)
-class Event:
-    """One entry of a batch's audit trail."""
-
-    ts: float
-    kind: str  # opened, completed, hook, routed/filtered/unrouted/quarantined, attempt, requeued
-    detail: str
-
-
-@dataclass(frozen=True)
-class Received:
-    """What the receive path knows about one instance that is already in the spool."""
-
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class: str
-    transfer_syntax: str
-    path: Path
-    size: int
-    calling_ae: str
-    called_ae: str
-    peer: str
-    source: str
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """A file taken from a drop folder, as it was when taken."""
-
-    path: Path
-    size: int
-    mtime_ns: int
-
-
 class Journal:
     """Thread-safe access to the journal database. One instance per process."""
 
@@ -190,7 +123,8 @@ class Journal:
                 raise
             self._db.execute("COMMIT")
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read rows (for reports such as status and trace; writes go through methods)."""
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
@@ -282,7 +216,7 @@ class Journal:
         )
 
     def was_dropped(self, dropped: Dropped) -> bool:
-        rows = self._query(
+        rows = self.query(
             "SELECT 1 FROM dropped_files WHERE path=? AND size=? AND mtime_ns=?",
             (str(dropped.path), dropped.size, dropped.mtime_ns),
         )
@@ -292,7 +226,7 @@ class Journal:
         """Forget taken files that are no longer where they were taken from."""
         gone = [
             r["path"]
-            for r in self._query("SELECT path FROM dropped_files")
+            for r in self.query("SELECT path FROM dropped_files")
             if not Path(r["path"]).exists()
         ]
         with self.transaction() as db:
@@ -300,7 +234,7 @@ class Journal:
         return len(gone)
 
     def known_paths(self) -> set[str]:
-        return {row["path"] for row in self._query("SELECT path FROM instances")}
+        return {row["path"] for row in self.query("SELECT path FROM instances")}
 
     # --- series assembly ----------------------------------------------------------------
 
@@ -329,7 +263,7 @@ class Journal:
         return ids
 
     def next_open_deadline(self, quiet: float, max_wait: float) -> float | None:
-        row = self._query(
+        row = self.query(
             "SELECT min(min(last_received + ?, first_received + ?)) AS t FROM batches"
             " WHERE state='open'",
             (quiet, max_wait),
@@ -337,13 +271,13 @@ class Journal:
         return row["t"]
 
     def batches_in_state(self, state: str) -> list[int]:
-        return [r["id"] for r in self._query("SELECT id FROM batches WHERE state=?", (state,))]
+        return [r["id"] for r in self.query("SELECT id FROM batches WHERE state=?", (state,))]
 
     def batch(self, batch_id: int) -> Batch:
-        return _batch(self._query("SELECT * FROM batches WHERE id=?", (batch_id,))[0])
+        return batch_from_row(self.query("SELECT * FROM batches WHERE id=?", (batch_id,))[0])
 
     def instances(self, batch_id: int) -> list[Instance]:
-        rows = self._query(
+        rows = self.query(
             "SELECT i.sop_uid, b.study_uid, i.series_uid, i.sop_class, i.transfer_syntax,"
             " i.path, i.size FROM instances i JOIN batches b ON b.id=i.batch_id"
             " WHERE i.batch_id=? ORDER BY i.received_at, i.sop_uid",
@@ -407,22 +341,22 @@ class Journal:
     # --- dispatch -----------------------------------------------------------------------
 
     def due_deliveries(self, destination: str, now: float, limit: int) -> list[Delivery]:
-        rows = self._query(
+        rows = self.query(
             "SELECT * FROM deliveries WHERE state='pending' AND destination=?"
             " AND next_attempt<=? ORDER BY next_attempt, id LIMIT ?",
             (destination, now, limit),
         )
-        return [_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     def next_due(self, destination: str) -> float | None:
-        row = self._query(
+        row = self.query(
             "SELECT min(next_attempt) AS t FROM deliveries WHERE state='pending' AND destination=?",
             (destination,),
         )[0]
         return row["t"]
 
     def failed_instances(self, delivery_id: int) -> dict[str, str]:
-        rows = self._query(
+        rows = self.query(
             "SELECT sop_uid, reason FROM instance_failures WHERE delivery_id=?", (delivery_id,)
         )
         return {r["sop_uid"]: r["reason"] for r in rows}
@@ -510,100 +444,21 @@ class Journal:
                 batches = len(quarantined)
         return len(ids) + batches
 
-    # --- audit trail (station trace) ----------------------------------------------------
-
-    def batches_for(self, uid: str) -> list[Batch]:
-        """The batches of a Study or Series Instance UID, or the batch holding a SOP Instance
-        UID (while its instance is kept: storage.retention_hours), oldest first."""
-        rows = self._query(
-            "SELECT * FROM batches WHERE study_uid=? OR series_uid=?"
-            " OR id IN (SELECT batch_id FROM instances WHERE sop_uid=?) ORDER BY id",
-            (uid, uid, uid),
-        )
-        return [_batch(r) for r in rows]
-
-    def events(self, batch_id: int) -> list[Event]:
-        rows = self._query(
-            "SELECT ts, kind, detail FROM events WHERE batch_id=? ORDER BY ts, id", (batch_id,)
-        )
-        return [Event(r["ts"], r["kind"], r["detail"] or "") for r in rows]
-
-    def deliveries(self, batch_id: int) -> list[Delivery]:
-        rows = self._query("SELECT * FROM deliveries WHERE batch_id=? ORDER BY id", (batch_id,))
-        return [_delivery(r) for r in rows]
-
-    def senders(self, batch_id: int) -> list[dict[str, Any]]:
-        """Who sent a batch's instances (still journaled): per calling AE, peer and source,
-        how many, how many bytes, first and last received."""
-        rows = self._query(
-            "SELECT calling_ae, called_ae, peer, source, count(*) AS n, sum(size) AS bytes,"
-            " min(received_at) AS first, max(received_at) AS last FROM instances"
-            " WHERE batch_id=? GROUP BY calling_ae, called_ae, peer, source ORDER BY first",
-            (batch_id,),
-        )
-        return [dict(r) for r in rows]
-
     # --- status and housekeeping --------------------------------------------------------
 
     def queue_counts(self) -> dict[tuple[str, str], int]:
-        rows = self._query(
+        rows = self.query(
             "SELECT destination, state, count(*) AS n FROM deliveries"
             " WHERE state IN ('pending', 'dead_letter') GROUP BY destination, state"
         )
         return {(r["destination"], r["state"]): r["n"] for r in rows}
 
-    def status(self, recent: int = 10) -> dict[str, Any]:
-        """Everything ``station status`` shows, as plain data."""
-        batch_states = {
-            r["state"]: r["n"]
-            for r in self._query("SELECT state, count(*) AS n FROM batches GROUP BY state")
-        }
-        destinations: dict[str, dict[str, int]] = {}
-        for r in self._query(
-            "SELECT destination, state, count(*) AS n FROM deliveries GROUP BY destination, state"
-        ):
-            destinations.setdefault(r["destination"], {})[r["state"]] = r["n"]
-        dead = self._query(
-            "SELECT d.id, d.destination, d.attempts, d.last_error, d.updated, b.series_uid,"
-            " b.study_uid, (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n,"
-            " (SELECT count(*) FROM instance_failures f WHERE f.delivery_id=d.id) AS failed"
-            " FROM deliveries d JOIN batches b ON b.id=d.batch_id WHERE d.state='dead_letter'"
-            " ORDER BY d.updated DESC"
-        )
-        quarantined = self._query(
-            "SELECT b.id, b.series_uid, b.study_uid, b.reason, b.completed_at,"
-            " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
-            " FROM batches b WHERE state='quarantined' ORDER BY b.completed_at DESC"
-        )
-        failures = self._query(
-            "SELECT d.destination, d.attempts, d.last_error, d.updated, d.state,"
-            " d.next_attempt, b.series_uid"
-            " FROM deliveries d JOIN batches b ON b.id=d.batch_id"
-            " WHERE d.last_error IS NOT NULL ORDER BY d.updated DESC LIMIT ?",
-            (recent,),
-        )
-        not_sent = self._query(
-            "SELECT b.series_uid, b.study_uid, b.state, b.reason, b.completed_at,"
-            " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
-            " FROM batches b WHERE b.state IN ('filtered', 'unrouted')"
-            " ORDER BY b.completed_at DESC LIMIT ?",
-            (recent,),
-        )
-        return {
-            "series": batch_states,
-            "destinations": destinations,
-            "dead_letters": [dict(r) for r in dead],
-            "quarantined": [dict(r) for r in quarantined],
-            "recent_failures": [dict(r) for r in failures],
-            "recent_not_sent": [dict(r) for r in not_sent],
-        }
-
     def spool_bytes(self) -> int:
-        return self._query("SELECT coalesce(sum(size), 0) AS n FROM instances")[0]["n"]
+        return self.query("SELECT coalesce(sum(size), 0) AS n FROM instances")[0]["n"]
 
     def expired_batches(self, delivered_before: float) -> list[int]:
         """Batches whose work is finished and older than the retention period."""
-        rows = self._query(
+        rows = self.query(
             "SELECT b.id FROM batches b WHERE b.completed_at<=? AND ("
             " b.state IN ('filtered', 'unrouted') OR (b.state='routed' AND NOT EXISTS"
             " (SELECT 1 FROM deliveries d WHERE d.batch_id=b.id AND d.state!='delivered')))",
@@ -621,35 +476,3 @@ class Journal:
             db.execute("DELETE FROM instances WHERE batch_id=?", (batch_id,))
             db.execute("UPDATE batches SET state='expired' WHERE id=?", (batch_id,))
         return paths
-
-
-def _batch(row: sqlite3.Row) -> Batch:
-    return Batch(
-        id=row["id"],
-        study_uid=row["study_uid"],
-        series_uid=row["series_uid"],
-        state=row["state"],
-        first_received=row["first_received"],
-        last_received=row["last_received"],
-        calling_ae=row["calling_ae"] or "",
-        called_ae=row["called_ae"] or "",
-        peer=row["peer"] or "",
-        source=row["source"] or "",
-        labels=json.loads(row["labels"] or "{}"),
-        reason=row["reason"],
-    )
-
-
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        batch_id=row["batch_id"],
-        destination=row["destination"],
-        routes=tuple(json.loads(row["routes"])),
-        transforms=tuple(json.loads(row["transforms"])),
-        state=row["state"],
-        attempts=row["attempts"],
-        next_attempt=row["next_attempt"],
-        last_error=row["last_error"],
-        only_failed=bool(row["only_failed"]),
-    )

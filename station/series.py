@@ -18,7 +18,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from station.journal import Batch, Journal
+from station.journal import Journal
+from station.records import Batch
 from station.spool import read_header
 
 log = logging.getLogger(__name__)

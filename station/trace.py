@@ -11,7 +11,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from station.journal import Batch, Delivery, Event, Journal
+from station.journal import Journal
+from station.records import Batch, Delivery, Event, batch_from_row, delivery_from_row
 
 
 @dataclass(frozen=True)
@@ -33,21 +34,51 @@ class History:
 
 
 def trace(journal: Journal, uid: str) -> list[History]:
-    """Every batch of ``uid`` (Study, Series or SOP Instance UID), oldest first."""
+    """Every batch of ``uid`` (Study, Series or SOP Instance UID), oldest first: the batches
+    of a study or series, or the batch holding an instance (while it is kept:
+    storage.retention_hours)."""
     histories = []
-    for batch in journal.batches_for(uid):
-        deliveries = journal.deliveries(batch.id)
+    batches = journal.query(
+        "SELECT * FROM batches WHERE study_uid=? OR series_uid=?"
+        " OR id IN (SELECT batch_id FROM instances WHERE sop_uid=?) ORDER BY id",
+        (uid, uid, uid),
+    )
+    for batch in map(batch_from_row, batches):
+        deliveries = [
+            delivery_from_row(r)
+            for r in journal.query(
+                "SELECT * FROM deliveries WHERE batch_id=? ORDER BY id", (batch.id,)
+            )
+        ]
         refused = {d.destination: journal.failed_instances(d.id) for d in deliveries}
         histories.append(
             History(
                 batch=batch,
-                senders=journal.senders(batch.id),
-                events=journal.events(batch.id),
+                senders=_senders(journal, batch.id),
+                events=[
+                    Event(r["ts"], r["kind"], r["detail"] or "")
+                    for r in journal.query(
+                        "SELECT ts, kind, detail FROM events WHERE batch_id=? ORDER BY ts, id",
+                        (batch.id,),
+                    )
+                ],
                 deliveries=deliveries,
                 refused={name: failed for name, failed in refused.items() if failed},
             )
         )
     return histories
+
+
+def _senders(journal: Journal, batch_id: int) -> list[dict[str, Any]]:
+    """Who sent a batch's instances (still journaled): per calling AE, peer and source, how
+    many, how many bytes, first and last received."""
+    rows = journal.query(
+        "SELECT calling_ae, called_ae, peer, source, count(*) AS n, sum(size) AS bytes,"
+        " min(received_at) AS first, max(received_at) AS last FROM instances"
+        " WHERE batch_id=? GROUP BY calling_ae, called_ae, peer, source ORDER BY first",
+        (batch_id,),
+    )
+    return [dict(r) for r in rows]
 
 
 def when(ts: float) -> str:

@@ -11,7 +11,8 @@ from conftest import VALID, storescu, wait_for
 from pydicom.uid import generate_uid
 
 from station.errors import RejectedInstance
-from station.journal import Journal, Received
+from station.journal import Journal
+from station.records import Received
 from station.series import Assembler
 from station.spool import CANNOT_UNDERSTAND, Spool, identify, is_uid
 

@@ -35,7 +35,7 @@ from station import hookspecs
 from station.config import load_config
 from station.dispatch.base import build_destination
 from station.errors import ConfigError
-from station.journal import Instance
+from station.records import Instance
 from station.series import SeriesView
 from station.service import load_setup
 from station.spool import identify

@@ -30,7 +30,7 @@ from station import tuning
 from station.config import DicomDestinationConfig
 from station.dispatch.base import Prepare, SendResult
 from station.errors import PermanentSendError, TransientSendError
-from station.journal import Instance
+from station.records import Instance
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose

@@ -21,10 +21,11 @@ from pydicom.dataset import Dataset
 from station.config import RetryConfig
 from station.dispatch.base import Destination, Prepare
 from station.errors import TransientSendError
-from station.journal import Delivery, Instance, Journal
+from station.journal import Journal
 from station.logs import series_fields
 from station.metrics import Metrics
 from station.plugins import Plugins
+from station.records import Delivery, Instance
 from station.series import SeriesView
 
 log = logging.getLogger(__name__)

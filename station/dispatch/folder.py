@@ -14,7 +14,7 @@ from pathlib import Path
 from station.config import FolderDestinationConfig
 from station.dispatch.base import Prepare, SendResult
 from station.errors import TransientSendError
-from station.journal import Instance
+from station.records import Instance
 from station.spool import fsync_dir, is_uid
 
 

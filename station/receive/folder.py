@@ -31,8 +31,8 @@ from watchdog.observers.polling import PollingObserver
 from station.config import WatchConfig
 from station.errors import RejectedInstance
 from station.inputs import is_zip_archive
-from station.journal import Dropped
 from station.receive.intake import Intake, Origin
+from station.records import Dropped
 from station.spool import identify
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from station.journal import Dropped, Journal, Received
+from station.journal import Journal
 from station.metrics import Metrics
+from station.records import Dropped, Received
 from station.spool import Header, Spool
 
 

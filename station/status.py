@@ -1,0 +1,110 @@
+"""``station status``: what is queued, dead-lettered, quarantined or set aside, and why."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from station.journal import Journal
+
+
+def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
+    """Everything ``station status`` shows, as plain data."""
+    batch_states = {
+        r["state"]: r["n"]
+        for r in journal.query("SELECT state, count(*) AS n FROM batches GROUP BY state")
+    }
+    destinations: dict[str, dict[str, int]] = {}
+    for r in journal.query(
+        "SELECT destination, state, count(*) AS n FROM deliveries GROUP BY destination, state"
+    ):
+        destinations.setdefault(r["destination"], {})[r["state"]] = r["n"]
+    dead = journal.query(
+        "SELECT d.id, d.destination, d.attempts, d.last_error, d.updated, b.series_uid,"
+        " b.study_uid, (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n,"
+        " (SELECT count(*) FROM instance_failures f WHERE f.delivery_id=d.id) AS failed"
+        " FROM deliveries d JOIN batches b ON b.id=d.batch_id WHERE d.state='dead_letter'"
+        " ORDER BY d.updated DESC"
+    )
+    quarantined = journal.query(
+        "SELECT b.id, b.series_uid, b.study_uid, b.reason, b.completed_at,"
+        " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
+        " FROM batches b WHERE state='quarantined' ORDER BY b.completed_at DESC"
+    )
+    failures = journal.query(
+        "SELECT d.destination, d.attempts, d.last_error, d.updated, d.state,"
+        " d.next_attempt, b.series_uid"
+        " FROM deliveries d JOIN batches b ON b.id=d.batch_id"
+        " WHERE d.last_error IS NOT NULL ORDER BY d.updated DESC LIMIT ?",
+        (recent,),
+    )
+    not_sent = journal.query(
+        "SELECT b.series_uid, b.study_uid, b.state, b.reason, b.completed_at,"
+        " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
+        " FROM batches b WHERE b.state IN ('filtered', 'unrouted')"
+        " ORDER BY b.completed_at DESC LIMIT ?",
+        (recent,),
+    )
+    return {
+        "series": batch_states,
+        "destinations": destinations,
+        "dead_letters": [dict(r) for r in dead],
+        "quarantined": [dict(r) for r in quarantined],
+        "recent_failures": [dict(r) for r in failures],
+        "recent_not_sent": [dict(r) for r in not_sent],
+    }
+
+
+def render_status(state: dict[str, Any]) -> str:
+    """The human-readable form of status_report()."""
+    out: list[str] = []
+    series = state["series"]
+    out.append("series: " + (", ".join(f"{n} {s}" for s, n in sorted(series.items())) or "none"))
+    out.append(f"{'destination':<20} {'pending':>8} {'delivered':>10} {'dead letter':>12}")
+    for name, counts in sorted(state["destinations"].items()):
+        out.append(
+            f"{name:<20} {counts.get('pending', 0):>8} {counts.get('delivered', 0):>10}"
+            f" {counts.get('dead_letter', 0):>12}"
+        )
+    if state["dead_letters"]:
+        out.append("\ndead letters (station retry re-queues them):")
+        for d in state["dead_letters"]:
+            out.append(
+                f"  {d['destination']}: series {d['series_uid']} ({d['n']} instances, "
+                f"{d['attempts']} attempts, {_ago(d['updated'])}): {d['last_error']}"
+            )
+    if state["quarantined"]:
+        out.append("\nquarantined series (station retry re-routes them):")
+        for q in state["quarantined"]:
+            out.append(
+                f"  series {q['series_uid']} ({q['n']} instances, "
+                f"{_ago(q['completed_at'])}): {q['reason']}"
+            )
+    if state["recent_failures"]:
+        out.append("\nrecent failures:")
+        for f in state["recent_failures"]:
+            retry = ""
+            if f["state"] == "pending":
+                retry = f", next try in {max(0.0, f['next_attempt'] - time.time()):.0f}s"
+            out.append(
+                f"  {_ago(f['updated'])} {f['destination']} series {f['series_uid']} "
+                f"[{f['state']}, attempt {f['attempts']}{retry}]: {f['last_error']}"
+            )
+    if state["recent_not_sent"]:
+        out.append("\nrecently not sent on purpose:")
+        for b in state["recent_not_sent"]:
+            out.append(
+                f"  {_ago(b['completed_at'])} series {b['series_uid']} ({b['n']} instances) "
+                f"{b['state']}: {b['reason']}"
+            )
+    return "\n".join(out)
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    seconds = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
