@@ -61,16 +61,9 @@ class Event:
 
 
 @dataclass(frozen=True)
-class Received:
-    """What the receive path knows about one instance that is already in the spool."""
+class Received(Instance):
+    """An instance already in the spool, with who sent it, as the receive path journals it."""
 
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class: str
-    transfer_syntax: str
-    path: Path
-    size: int
     calling_ae: str
     called_ae: str
     peer: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from station.journal import Journal
@@ -66,38 +67,57 @@ def render_status(state: dict[str, Any]) -> str:
             f"{name:<20} {counts.get('pending', 0):>8} {counts.get('delivered', 0):>10}"
             f" {counts.get('dead_letter', 0):>12}"
         )
-    if state["dead_letters"]:
-        out.append("\ndead letters (station retry re-queues them):")
-        for d in state["dead_letters"]:
-            out.append(
-                f"  {d['destination']}: series {d['series_uid']} ({d['n']} instances, "
-                f"{d['attempts']} attempts, {_ago(d['updated'])}): {d['last_error']}"
-            )
-    if state["quarantined"]:
-        out.append("\nquarantined series (station retry re-routes them):")
-        for q in state["quarantined"]:
-            out.append(
-                f"  series {q['series_uid']} ({q['n']} instances, "
-                f"{_ago(q['completed_at'])}): {q['reason']}"
-            )
-    if state["recent_failures"]:
-        out.append("\nrecent failures:")
-        for f in state["recent_failures"]:
-            retry = ""
-            if f["state"] == "pending":
-                retry = f", next try in {max(0.0, f['next_attempt'] - time.time()):.0f}s"
-            out.append(
-                f"  {_ago(f['updated'])} {f['destination']} series {f['series_uid']} "
-                f"[{f['state']}, attempt {f['attempts']}{retry}]: {f['last_error']}"
-            )
-    if state["recent_not_sent"]:
-        out.append("\nrecently not sent on purpose:")
-        for b in state["recent_not_sent"]:
-            out.append(
-                f"  {_ago(b['completed_at'])} series {b['series_uid']} ({b['n']} instances) "
-                f"{b['state']}: {b['reason']}"
-            )
+    _section(
+        out,
+        "dead letters (station retry re-queues them)",
+        state["dead_letters"],
+        lambda d: (
+            f"{d['destination']}: series {d['series_uid']} ({d['n']} instances, "
+            f"{d['attempts']} attempts, {_ago(d['updated'])}): {d['last_error']}"
+        ),
+    )
+    _section(
+        out,
+        "quarantined series (station retry re-routes them)",
+        state["quarantined"],
+        lambda q: (
+            f"series {q['series_uid']} ({q['n']} instances, "
+            f"{_ago(q['completed_at'])}): {q['reason']}"
+        ),
+    )
+    _section(
+        out,
+        "recent failures",
+        state["recent_failures"],
+        lambda f: (
+            f"{_ago(f['updated'])} {f['destination']} series {f['series_uid']} "
+            f"[{f['state']}, attempt {f['attempts']}{_next_try(f)}]: {f['last_error']}"
+        ),
+    )
+    _section(
+        out,
+        "recently not sent on purpose",
+        state["recent_not_sent"],
+        lambda b: (
+            f"{_ago(b['completed_at'])} series {b['series_uid']} ({b['n']} "
+            f"instances) {b['state']}: {b['reason']}"
+        ),
+    )
     return "\n".join(out)
+
+
+def _section(
+    out: list[str], title: str, rows: list[dict[str, Any]], line: Callable[[dict[str, Any]], str]
+) -> None:
+    if rows:
+        out.append(f"\n{title}:")
+        out.extend(f"  {line(row)}" for row in rows)
+
+
+def _next_try(failure: dict[str, Any]) -> str:
+    if failure["state"] != "pending":
+        return ""
+    return f", next try in {max(0.0, failure['next_attempt'] - time.time()):.0f}s"
 
 
 def _ago(ts: float | None) -> str:
