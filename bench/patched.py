@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Bench only: ``station`` with experimental patches, to measure what a lever would gain
+before anyone changes ``station/``. ``python3 bench/patched.py PATCH[,PATCH] run ...`` (what
+``bench/run.py --patch`` starts); the station's own code is never modified.
+
+Patches:
+
+- ``timing``        time the receive and dispatch steps; the totals go to the log at exit;
+- ``no-fsync``      no fsync of spool files and folders, SQLite ``synchronous=OFF`` (what
+                    durability costs: the most group commit could win back);
+- ``poll-1ms``      pynetdicom's own 1 ms polling sleeps (``station/tuning.py`` undone);
+- ``poll-20us``     20 us polling sleeps instead of tuning.py's 100 us;
+- ``switch-1ms``     the GIL handed over after 1 ms instead of 5 ms (``sys.setswitchinterval``);
+- ``no-identify``   the UIDs taken from the C-STORE request instead of parsing the file
+                    (what ``identify`` costs; skips its checks, so never in production).
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+TIMES: dict[str, list[float]] = {}
+_LOCK = threading.Lock()
+
+
+def _timed(owner: Any, name: str, label: str) -> None:
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - started
+            with _LOCK:
+                entry = TIMES.setdefault(label, [0.0, 0])
+                entry[0] += elapsed
+                entry[1] += 1
+
+    setattr(owner, name, wrapper)
+
+
+def _report() -> None:
+    for label, (total, count) in sorted(TIMES.items()):
+        mean = 1000 * total / count if count else 0.0
+        print(f"bench timing {label}: {total:.3f} s in {count} calls ({mean:.3f} ms each)")
+    sys.stdout.flush()
+
+
+def timing() -> None:
+    from station.dispatch import dicom, dispatcher
+    from station.journal import Journal
+    from station.receive import intake, scp
+    from station.spool import Spool
+
+    _timed(scp.StoreSCP, "_on_store", "receive: C-STORE handler (all of it)")
+    _timed(scp, "identify", "receive: identify (parse the file)")
+    _timed(intake.Intake, "take", "receive: intake (spool + journal + metrics)")
+    _timed(Spool, "store", "receive: spool store (fsync file, rename, fsync folder)")
+    _timed(Journal, "record_instance", "receive: journal record_instance (commit)")
+    _timed(dispatcher.Dispatcher, "deliver", "send: deliver (one batch, all of it)")
+    _timed(dicom, "_associate", "send: associate")
+    atexit.register(_report)
+
+
+def no_fsync() -> None:
+    import os
+
+    from station.journal import Journal
+
+    os.fsync = lambda fd: None  # type: ignore[assignment]
+    init = Journal.__init__
+
+    def unsynced(self: Journal, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._db.execute("PRAGMA synchronous=OFF")
+
+    Journal.__init__ = unsynced  # type: ignore[method-assign]
+
+
+def _polling(seconds: float) -> Callable[[], None]:
+    def patch() -> None:
+        from station import tuning
+
+        tuning.DUL_LOOP_DELAY = seconds
+        tuning.REACTOR_SLEEP = seconds
+
+    return patch
+
+
+def no_identify() -> None:
+    from pydicom import dcmread
+
+    from station.receive import scp
+    from station.spool import Header
+
+    def from_file_meta(path: Any) -> Header:
+        # Only the file meta and the two UIDs the request does not carry.
+        ds = dcmread(
+            path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"]
+        )
+        meta = ds.file_meta
+        return Header(
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.get("SeriesInstanceUID", ds.StudyInstanceUID)),
+            sop_uid=str(meta.MediaStorageSOPInstanceUID),
+            sop_class=str(meta.MediaStorageSOPClassUID),
+            transfer_syntax=str(meta.TransferSyntaxUID),
+        )
+
+    scp.identify = from_file_meta  # type: ignore[assignment]
+
+
+def switch_1ms() -> None:
+    sys.setswitchinterval(0.001)
+
+
+PATCHES: dict[str, Callable[[], None]] = {
+    "timing": timing,
+    "no-fsync": no_fsync,
+    "poll-1ms": _polling(1e-3),
+    "poll-20us": _polling(2e-5),
+    "no-identify": no_identify,
+    "switch-1ms": switch_1ms,
+}
+
+
+def main() -> None:
+    names = [n for n in sys.argv[1].split(",") if n] if len(sys.argv) > 1 else []
+    unknown = [n for n in names if n not in PATCHES]
+    if unknown:
+        sys.exit(f"unknown patch {', '.join(unknown)}; known: {', '.join(PATCHES)}")
+    for name in names:
+        PATCHES[name]()
+    from station.cli import main as station_main
+
+    sys.argv = ["station", *sys.argv[2:]]
+    station_main()
+
+
+if __name__ == "__main__":
+    main()
