@@ -325,11 +325,17 @@ def orthanc_config(
 
 
 def start_orthanc(
-    procs: Processes, workdir: Path, destination: tuple[str, int]
+    procs: Processes,
+    workdir: Path,
+    destination: tuple[str, int],
+    stop_signal: int = signal.SIGTERM,
 ) -> tuple[Proc, int]:
+    """Our own Orthanc (see orthanc_config). Its orderly shutdown takes 1.5 s; ``stop_signal``
+    SIGKILL skips it (its storage is a scratch folder)."""
     port = free_port()
     config = orthanc_config(workdir, port, destination)
-    proc = procs.start("orthanc", [ORTHANC, str(config)], env=DCMTK_ENV, cwd=workdir)
+    args = [ORTHANC, str(config)]
+    proc = procs.start("orthanc", args, env=DCMTK_ENV, cwd=workdir, stop_signal=stop_signal)
     wait_until(lambda: proc.check_running() or listening(port), 60, f"Orthanc on port {port}")
     return proc, port
 

@@ -24,6 +24,10 @@ plus the storescu it forks, sampled; for the limit and the receive leg the recei
 the send legs the sender's). Ratios compare with DCMTK's store-and-forward on the same
 corpus: speed = its wall time / this wall time (>= 0.5 is the station's target), RSS = this
 peak / its peak.
+
+``--repeat N`` runs everything N times round-robin and keeps each row's median run;
+``--variants base,no-fsync,...`` adds station rows for levers (VARIANTS below; patches in
+patched.py); ``--profile DIR`` samples the station processes with py-spy.
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ class Options:
     profile_gil: bool = False
     settle: float = 0.0
     final_args: list[str] = field(default_factory=lambda: ["+B"])  # the station's peer
+    smoke: bool = False
 
 
 # Levers, measured one at a time (--variants): how the station is run differently.
@@ -301,7 +306,8 @@ def run_dcmtk_sf(corpus: Corpus, work: Path, procs: Processes, opts: Options) ->
 def run_orthanc(corpus: Corpus, work: Path, procs: Processes, opts: Options) -> list[Outcome]:
     out = work / "out"
     _final, final_port = start_storescp(procs, "storescp-final", out, "PACS", ["+B"])
-    orthanc, port = start_orthanc(procs, work, ("PACS", final_port))
+    stop = signal.SIGKILL if opts.smoke else signal.SIGTERM
+    orthanc, port = start_orthanc(procs, work, ("PACS", final_port), stop)
     cpu = cpu_seconds(orthanc.pid)
     t0, scu = send(procs, corpus, port, "ORTHANC")
     t1, arrived, _ = await_files(out, corpus.count, opts, [orthanc], [scu])
@@ -346,8 +352,9 @@ def run_station_legs(corpus: Corpus, work: Path, procs: Processes, opts: Options
         raise BenchError(f"station exited with {receiver.popen.returncode}: {tail(receiver)}")
     out = work / "out"
     _final, final_port = start_storescp(procs, "storescp-final", out, "PACS", opts.final_args)
-    config = station_config(work, storage, final_port, 1, opts)
-    time.sleep(max(0.0, t1 + 1.05 - time.monotonic()))  # every batch is past its quiet period
+    # Every batch must be past its quiet period when the station starts again.
+    config = station_config(work, storage, final_port, 0.2, opts)
+    time.sleep(max(0.0, t1 + 0.25 - time.monotonic()))
     started = time.monotonic()
     sender, _port = start_station(procs, "station-send", config, opts.station, station_env(opts))
     ready = time.monotonic()
@@ -552,8 +559,10 @@ def versions() -> dict[str, str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few instances per corpus")
-    parser.add_argument("--corpus", default="ct,small,series5000,series50")
-    parser.add_argument("--scenario", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--corpus", default="ct,small,series5000,series50", help="default: %(default)s"
+    )
+    parser.add_argument("--scenario", default=",".join(SCENARIOS), help="default: %(default)s")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (median)")
     parser.add_argument(
         "--variants",
@@ -653,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile=args.profile,
         profile_gil=args.profile_gil,
         settle=args.settle,
+        smoke=args.smoke,
     )
     load = os.getloadavg()
     speed = [calibrate()]
