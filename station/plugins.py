@@ -135,8 +135,7 @@ class Plugins:
                 )
         for name in loaded:
             self._configure(name, options.get(name) or {})
-        self.transforms = self._collect("station_transforms")
-        self.destination_types = self._collect("station_destination_types")
+        self._refresh()
 
     def _add(self, name: str, plugin: object, origin: str) -> None:
         if self.pm.is_blocked(name):
@@ -174,12 +173,15 @@ class Plugins:
         self.pm.register(plugin, name=name)
         self.origins[name] = origin
         self._configure(name, options or {})
-        self.transforms = self._collect("station_transforms")
-        self.destination_types = self._collect("station_destination_types")
+        self._refresh()
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self.origins.pop(name, None)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Collect what the start-up hooks provide, after the set of plugins changed."""
         self.transforms = self._collect("station_transforms")
         self.destination_types = self._collect("station_destination_types")
 
