@@ -161,7 +161,15 @@ def test_refused_association_dead_letters_and_retry_delivers(tmp_path, start_sta
         series = dcmread(VALID / "CT_small.dcm", stop_before_pixels=True).SeriesInstanceUID
         dead = re.search(rf"^  pacs: series {series} \(1 instances, 2 attempts, .*$", shown, re.M)
         assert dead, shown
-        assert f"PACS@127.0.0.1:{refusing.port} rejected the association" in dead.group(0)
+        # storescp --refuse answers A-ASSOCIATE-RJ and closes at once; pynetdicom 3.0.4 loses
+        # that answer to the closed socket in about 1 of 4 attempts (9 of 40 measured) and
+        # reports an abort instead, so either reason names the peer and what it did.
+        reason = re.search(
+            rf"PACS@127\.0\.0\.1:{refusing.port} "
+            r"(rejected the association|aborted the association request)",
+            dead.group(0),
+        )
+        assert reason, dead.group(0)
         assert attempts(station, "dead_letter") == 1
         wait_for(
             lambda: station.metric("station_dead_letter_series", destination="pacs") == 1,
