@@ -8,8 +8,6 @@ Patches:
 - ``timing``        time the receive and dispatch steps; the totals go to the log at exit;
 - ``no-fsync``      no fsync of spool files and folders, SQLite ``synchronous=OFF`` (what
                     durability costs: the most group commit could win back);
-- ``poll-1ms``      pynetdicom's own 1 ms polling sleeps (``station/tuning.py`` undone);
-- ``poll-20us``     20 us polling sleeps instead of tuning.py's 100 us;
 - ``switch-1ms``     the GIL handed over after 1 ms instead of 5 ms (``sys.setswitchinterval``);
 - ``no-identify``   the UIDs taken from the C-STORE request instead of parsing the file
                     (what ``identify`` costs; skips its checks, so never in production).
@@ -58,7 +56,7 @@ def timing() -> None:
     from station.receive import intake, scp
     from station.spool import Spool
 
-    _timed(scp.StoreSCP, "_on_store", "receive: C-STORE handler (all of it)")
+    _timed(scp.StoreSCP, "_take", "receive: C-STORE handler after the data set is in")
     _timed(scp, "identify", "receive: identify (parse the file)")
     _timed(intake.Intake, "take", "receive: intake (spool + journal + metrics)")
     _timed(Spool, "store", "receive: spool store (fsync file, rename, fsync folder)")
@@ -81,16 +79,6 @@ def no_fsync() -> None:
         self._db.execute("PRAGMA synchronous=OFF")
 
     Journal.__init__ = unsynced  # type: ignore[method-assign]
-
-
-def _polling(seconds: float) -> Callable[[], None]:
-    def patch() -> None:
-        from station import tuning
-
-        tuning.DUL_LOOP_DELAY = seconds
-        tuning.REACTOR_SLEEP = seconds
-
-    return patch
 
 
 def no_identify() -> None:
@@ -123,8 +111,6 @@ def switch_1ms() -> None:
 PATCHES: dict[str, Callable[[], None]] = {
     "timing": timing,
     "no-fsync": no_fsync,
-    "poll-1ms": _polling(1e-3),
-    "poll-20us": _polling(2e-5),
     "no-identify": no_identify,
     "switch-1ms": switch_1ms,
 }

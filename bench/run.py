@@ -139,8 +139,6 @@ class Options:
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "no-fsync": {"patch": "no-fsync"},
-    "poll-1ms": {"patch": "poll-1ms"},
-    "poll-20us": {"patch": "poll-20us"},
     "switch-1ms": {"patch": "switch-1ms"},
     "no-identify": {"patch": "no-identify"},
     "pdu-16k": {"config": {"listen": {"max_pdu_bytes": 16384}}},

@@ -11,9 +11,12 @@ VR Little Endian, and converts only when the peer refuses the original syntax.
 
 from __future__ import annotations
 
+import io
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -22,22 +25,26 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
-from pynetdicom.status import code_to_category
+from pynetdicom.dsutils import encode
 
-from station import tuning
 from station.config import DicomDestinationConfig
+from station.dicomfile import dataset_start
 from station.dispatch.base import Prepare, SendResult
 from station.errors import PermanentSendError, TransientSendError
+from station.net.dimse import status_category
+from station.net.scu import (
+    VERIFICATION,
+    AssociationError,
+    AssociationRejected,
+    ConnectFailed,
+    Requestor,
+)
 from station.records import Instance
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
-VERIFICATION = "1.2.840.10008.1.1"
-# Syntaxes pynetdicom converts between without decoding pixel data (explicit <-> implicit
-# VR, deflated <-> inflated). Big endian is not among them: its pixel words would need
-# swapping.
+# Syntaxes converted between without decoding pixel data (explicit <-> implicit VR,
+# deflated <-> inflated). Big endian is not among them: its pixel words would need swapping.
 CONVERTIBLE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
 
@@ -56,54 +63,37 @@ class Peer:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-def _new_ae(peer: Peer) -> AE:
-    ae = AE(ae_title=peer.calling_ae_title)
-    ae.acse_timeout = peer.timeout_seconds
-    ae.dimse_timeout = peer.timeout_seconds
-    ae.network_timeout = peer.timeout_seconds
-    ae.connection_timeout = peer.timeout_seconds
-    ae.maximum_pdu_size = peer.max_pdu_bytes
-    return ae
-
-
-def _associate(ae: AE, peer: Peer) -> Association:
-    connected: list[bool] = []
-    assoc = ae.associate(
-        peer.host,
-        peer.port,
-        ae_title=peer.ae_title,
-        max_pdu=peer.max_pdu_bytes,
-        evt_handlers=[*tuning.HANDLERS, (evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
-    )
-    if assoc.is_established:
-        return assoc
-    if not connected:
-        raise TransientSendError(
-            f"cannot connect to {peer}: connection refused, or no answer within "
-            f"{peer.timeout_seconds:g} s"
+def _associate(peer: Peer, contexts: list[tuple[str, list[str]]]) -> Requestor:
+    try:
+        return Requestor.connect(
+            (peer.host, peer.port),
+            peer.ae_title,
+            peer.calling_ae_title,
+            contexts,
+            peer.max_pdu_bytes,
+            peer.timeout_seconds,
         )
-    if assoc.is_rejected:
-        rsp = assoc.acceptor.primitive
-        reason = rsp.reason_str if rsp is not None else "unknown reason"
-        raise TransientSendError(f"{peer} rejected the association: {reason}")
-    raise TransientSendError(f"{peer} aborted the association request (or did not answer it)")
+    except ConnectFailed as exc:
+        raise TransientSendError(
+            f"cannot connect to {peer}: {exc} (connection refused, or no answer within "
+            f"{peer.timeout_seconds:g} s)"
+        ) from exc
+    except AssociationRejected as exc:
+        raise TransientSendError(f"{peer} {exc}") from exc
+    except AssociationError as exc:
+        raise TransientSendError(f"{peer} {exc}") from exc
 
 
 def echo(peer: Peer) -> None:
     """C-ECHO the peer; raise a SendError saying what went wrong."""
-    ae = _new_ae(peer)
-    ae.add_requested_context(VERIFICATION)
-    assoc = _associate(ae, peer)
+    assoc = _associate(peer, [(VERIFICATION, [ImplicitVRLittleEndian])])
     try:
-        tuning.pause_reactor(assoc)
-        status = assoc.send_c_echo()
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    if not status:
-        raise TransientSendError(f"{peer} did not answer the C-ECHO")
-    if status.Status != 0:
-        raise PermanentSendError(f"{peer} answered C-ECHO with status 0x{status.Status:04X}")
+        status = assoc.echo()
+    except AssociationError as exc:
+        raise TransientSendError(f"{peer} did not answer the C-ECHO: {exc}") from exc
+    assoc.release()
+    if status != 0:
+        raise PermanentSendError(f"{peer} answered C-ECHO with status 0x{status:04X}")
 
 
 def _proposals(sop_class: str, syntax: str) -> list[tuple[str, list[str]]]:
@@ -139,52 +129,79 @@ def _chunks(
 
 def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> SendResult:
     """Send instances over as few associations as their presentation contexts allow."""
-    tuning.configure()
     result = SendResult()
     for contexts, group in _chunks(instances):
-        ae = _new_ae(peer)
-        for sop_class, syntaxes in contexts:
-            ae.add_requested_context(sop_class, syntaxes)
-        assoc = _associate(ae, peer)
+        assoc = _associate(peer, contexts)
         try:
             _store_group(assoc, peer, group, prepare, result)
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        except BaseException:
+            assoc.abort()
+            raise
+        assoc.release()
     return result
 
 
-def _accepted(assoc: Association) -> dict[str, set[str]]:
-    """SOP class -> transfer syntaxes the peer accepted for it."""
-    accepted: dict[str, set[str]] = {}
-    for cx in assoc.accepted_contexts:
-        accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
-    return accepted
+@dataclass
+class Payload:
+    """What one C-STORE sends: the data set's bytes from ``data``'s position, in ``syntax``."""
+
+    sop_class: str
+    sop_uid: str
+    syntax: str
+    data: IO[bytes]
 
 
-def _payload(inst: Instance, prepare: Prepare, syntaxes: set[str]) -> Dataset | str:
-    """What to hand to send_c_store: the spool file as it is whenever possible; a data set
-    when transformed or when it must be converted to an accepted uncompressed syntax.
-    Raises PermanentSendError when the peer accepted no syntax this instance can go in."""
+def _encoded(ds: Dataset, syntax: str) -> Payload:
+    """A (transformed or converted) data set encoded in a little endian ``syntax``; the
+    command carries the UIDs the data set has now."""
+    data = encode(
+        ds,
+        is_implicit_vr=syntax == ImplicitVRLittleEndian,
+        is_little_endian=True,
+        deflated=syntax == DeflatedExplicitVRLittleEndian,
+    )
+    if data is None:
+        raise PermanentSendError(f"the data set cannot be encoded in {syntax}")
+    return Payload(str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax, io.BytesIO(data))
+
+
+def _payload(inst: Instance, prepare: Prepare, syntaxes: set[str]) -> Payload:
+    """The spool file as it is whenever possible; a re-encoding when transformed or when it
+    must be converted to an accepted little endian syntax. Raises PermanentSendError when
+    the peer accepted no syntax this instance can go in."""
     if inst.transfer_syntax in syntaxes:
         if prepare is not None:
-            return prepare(inst)
-        if not inst.path.exists():
-            raise PermanentSendError(f"spool file {inst.path} is missing")
-        return str(inst.path)
-    if inst.transfer_syntax in CONVERTIBLE and syntaxes & CONVERTIBLE:
-        # pynetdicom re-encodes a little endian data set in the accepted syntax.
-        return prepare(inst) if prepare is not None else dcmread(inst.path)
+            return _encoded(prepare(inst), inst.transfer_syntax)
+        try:
+            fh = open(inst.path, "rb")  # noqa: SIM115 -- closed by the caller
+        except FileNotFoundError as exc:
+            raise PermanentSendError(f"spool file {inst.path} is missing") from exc
+        try:
+            dataset_start(fh)
+        except (ValueError, struct.error) as exc:
+            fh.close()
+            raise PermanentSendError(f"spool file {inst.path} is not a DICOM file: {exc}") from exc
+        return Payload(inst.sop_class, inst.sop_uid, inst.transfer_syntax, fh)
+    usable = [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts in syntaxes]
+    if inst.transfer_syntax in CONVERTIBLE and usable:
+        return _encoded(prepare(inst) if prepare is not None else dcmread(inst.path), usable[0])
     raise PermanentSendError(
         f"no presentation context accepted for SOP class {inst.sop_class} "
         f"with transfer syntax {inst.transfer_syntax}"
     )
 
 
+def _remaining(fh: IO[bytes]) -> int:
+    here = fh.tell()
+    end = fh.seek(0, io.SEEK_END)
+    fh.seek(here)
+    return end - here
+
+
 def _store_group(
-    assoc: Association, peer: Peer, group: list[Instance], prepare: Prepare, result: SendResult
+    assoc: Requestor, peer: Peer, group: list[Instance], prepare: Prepare, result: SendResult
 ) -> None:
-    accepted = _accepted(assoc)
+    accepted = assoc.accepted()
     for inst in group:
         try:
             payload = _payload(inst, prepare, accepted.get(inst.sop_class, set()))
@@ -194,20 +211,24 @@ def _store_group(
         except Exception as exc:
             result.failed[inst.sop_uid] = f"transform failed: {type(exc).__name__}: {exc}"
             continue
-        try:
-            tuning.pause_reactor(assoc)
-            status = assoc.send_c_store(payload)
-        except (RuntimeError, ValueError, AttributeError) as exc:
-            # pynetdicom raises these when the association died under us.
-            raise TransientSendError(f"{peer}: C-STORE failed: {exc}") from exc
-        if not status or "Status" not in status:
-            assoc.abort()
-            raise TransientSendError(
-                f"{peer}: no C-STORE response (association aborted or DIMSE timeout) "
-                f"after {result.sent} of {len(group)} instances"
-            )
-        code = int(status.Status)
-        category = code_to_category(code)
+        with payload.data as data:
+            if payload.syntax not in accepted.get(payload.sop_class, set()):
+                result.failed[inst.sop_uid] = (
+                    f"{peer}: no presentation context for SOP class {payload.sop_class} "
+                    f"(changed by a transform from {inst.sop_class})"
+                )
+                continue
+            try:
+                status = assoc.store(
+                    payload.sop_class, payload.sop_uid, payload.syntax, data, _remaining(data)
+                )
+            except AssociationError as exc:
+                raise TransientSendError(
+                    f"{peer}: no C-STORE response (association aborted or timed out) after "
+                    f"{result.sent} of {len(group)} instances: {exc}"
+                ) from exc
+        code = int(status.get("Status", -1))
+        category = status_category(code)
         if category in ("Success", "Warning"):
             result.sent += 1
         elif 0xA700 <= code <= 0xA7FF:

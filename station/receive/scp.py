@@ -1,138 +1,294 @@
 """The C-STORE SCP: makes each received instance durable, then answers, and nothing more.
 
-pynetdicom streams each incoming data set into a file under the spool's ``tmp`` folder
-(chunked receive: memory stays flat, no decode). The handler reads the UIDs from that file
-(headers only), moves it into the spool, fsyncs, journals it and only then answers
-0x0000. Failures get their own status: 0xA700 when the disk is short, 0xC210 when the data
-set cannot be understood (not DICOM, a missing or invalid UID), 0xA900 when the data set's
-SOP Instance UID differs from the command's. Series logic, hooks and sending happen
-elsewhere, so the sending modality is never held up by them.
+One thread per association, blocking reads on its socket. The data set of a C-STORE is
+written to a file under the spool's ``tmp`` folder as its fragments arrive, behind a File
+Meta Information header built from the request (never decoded, memory stays flat). The
+file is then checked (UIDs, completeness), moved into the spool, fsynced and journaled, and
+only then answered 0x0000. Failures get their own status and an error comment: 0xA700 when
+the disk is short, 0xC210 when the data set cannot be understood (not DICOM, a missing or
+invalid UID, truncated), 0xA900 when the data set's SOP Instance UID differs from the
+command's. Series logic, hooks and sending happen elsewhere, so the sending modality is
+never held up by them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import tempfile
+import os
+import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
-from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 
-from station import tuning
 from station.config import ListenConfig
+from station.dicomfile import file_meta
 from station.errors import RejectedInstance
 from station.logs import series_fields
+from station.net.dimse import (
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    NO_DATASET,
+    SUCCESS,
+    UNRECOGNIZED_OPERATION,
+    Channel,
+    Command,
+    ConnectionClosed,
+    PeerAborted,
+    PeerReleased,
+    response_to,
+)
+from station.net.pdu import (
+    ABSTRACT_SYNTAX_NOT_SUPPORTED,
+    ACCEPTED,
+    ASSOCIATE_RQ,
+    REASON_CALLING_AE_NOT_RECOGNIZED,
+    REASON_LOCAL_LIMIT_EXCEEDED,
+    REJECTED_PERMANENT,
+    REJECTED_TRANSIENT,
+    RELEASE_REPLY,
+    SOURCE_PROVIDER_PRESENTATION,
+    SOURCE_USER,
+    TRANSFER_SYNTAXES_NOT_SUPPORTED,
+    Association,
+    ProtocolError,
+    Rejection,
+    decode_association,
+    encode_accept,
+    encode_reject,
+)
+from station.net.scu import VERIFICATION, tcp_nodelay
 from station.receive.intake import Intake, Origin
-from station.spool import DATASET_MISMATCH, identify
+from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, identify
 
 log = logging.getLogger(__name__)
 
+REQUEST_TIMEOUT = 10.0  # for a new connection to send its A-ASSOCIATE-RQ
+NETWORK_TIMEOUT = 60.0  # an idle association is aborted after this
+MAX_REQUEST_BYTES = 1 << 20
+WRITE_BUFFER = 256 * 1024
+
+
+def _accepts(abstract_syntax: str) -> bool:
+    """Verification, and every storage SOP class: known, private or not yet known (a router
+    must take what the modality sends). Other known services (query, worklist...) are not
+    offered here."""
+    service = uid_to_service_class(abstract_syntax)
+    return abstract_syntax == VERIFICATION or service in (StorageServiceClass, ServiceClass)
+
 
 class StoreSCP:
-    def __init__(
-        self,
-        ae_title: str,
-        listen: ListenConfig,
-        intake: Intake,
-    ) -> None:
+    def __init__(self, ae_title: str, listen: ListenConfig, intake: Intake) -> None:
         self.ae_title = ae_title
         self.listen = listen
         self.intake = intake
         self.metrics = intake.metrics
-        self.server = None
+        self.server: socket.socket | None = None
         self.port = listen.port
-        self._active: set[int] = set()
+        self._channels: dict[Channel, bool] = {}  # connection -> association established
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        # pynetdicom writes incoming data sets to tempfile's default folder; put that on
-        # the spool's file system so the handler can move the file into place atomically.
-        tuning.configure()
-        tempfile.tempdir = str(self.intake.spool.tmp)
-        ae = AE(ae_title=self.ae_title)
-        ae.maximum_associations = self.listen.max_associations
-        ae.maximum_pdu_size = self.listen.max_pdu_bytes
-        ae.require_calling_aet = list(self.listen.allowed_calling_aes)
-        ae.network_timeout = 60
-        ae.dimse_timeout = 60
-        # A router must take what the modality sends: private and not yet known storage SOP
-        # classes too, in whichever transfer syntax the sender prefers (it is stored as it
-        # comes). Other services (Verification) are negotiated as usual.
-        _config.UNRESTRICTED_STORAGE_SERVICE = True
-        ae.add_supported_context(Verification)
-        handlers = [
-            *tuning.HANDLERS,
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_RELEASED, self._on_closed),
-            (evt.EVT_ABORTED, self._on_closed),
-            (evt.EVT_CONN_CLOSE, self._on_closed),
-            (evt.EVT_REJECTED, self._on_rejected),
-        ]
-        self.ae = ae
-        self.server = ae.start_server(
-            (self.listen.host, self.listen.port), block=False, evt_handlers=handlers
-        )
-        self.port = self.server.server_address[1]
+        server = socket.create_server((self.listen.host, self.listen.port), backlog=64)
+        self.server = server
+        self.port = server.getsockname()[1]
+        threading.Thread(
+            target=self._accept_loop, args=(server,), name="scp-accept", daemon=True
+        ).start()
 
     def stop(self, drain_seconds: float = 20) -> None:
         """Take no new associations; let those in progress finish, then abort the rest."""
         if self.server is None:
             return
-        self.server.shutdown()
+        server, self.server = self.server, None
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        with self._lock:
+            for channel, established in list(self._channels.items()):
+                if not established:
+                    channel.close()  # a connection that never became an association
         deadline = time.monotonic() + drain_seconds
         while self._established() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for assoc in self._established():
-            log.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
-            assoc.abort()
-        self.server = None
+        for channel in self._established():
+            log.warning("aborting association at shutdown")
+            channel.abort()
 
-    def _established(self) -> list[Association]:
-        """The associations in progress. A connection that never became one (a port probe)
-        holds no instance; pynetdicom keeps its thread until the ACSE timeout (30 s)."""
-        assert self.server is not None
-        return [a for a in self.server.active_associations if a.is_established]
-
-    # --- association bookkeeping -------------------------------------------------------
-
-    def _on_accepted(self, event: Event) -> None:
+    def _established(self) -> list[Channel]:
         with self._lock:
-            self._active.add(id(event.assoc))
-            self.metrics.associations_active.set(len(self._active))
+            return [channel for channel, established in self._channels.items() if established]
 
-    def _on_closed(self, event: Event) -> None:
-        with self._lock:
-            self._active.discard(id(event.assoc))
-            self.metrics.associations_active.set(len(self._active))
+    def _accept_loop(self, server: socket.socket) -> None:
+        while True:
+            try:
+                sock, address = server.accept()
+            except OSError:
+                return  # closed by stop()
+            tcp_nodelay(sock)
+            channel = Channel(sock)
+            with self._lock:
+                crowded = len(self._channels) >= 4 * self.listen.max_associations + 16
+                if not crowded:
+                    self._channels[channel] = False
+            if crowded:
+                log.warning("closing connection from %s:%s: too many connections", *address[:2])
+                channel.close()
+                continue
+            peer = f"{address[0]}:{address[1]}"
+            threading.Thread(
+                target=self._serve, args=(channel, peer), name=f"assoc-{peer}", daemon=True
+            ).start()
 
-    def _on_rejected(self, event: Event) -> None:
-        requestor = event.assoc.requestor
-        log.warning(
-            "rejected association from %r at %s:%s (not in listen.allowed_calling_aes or "
-            "too many associations)",
-            requestor.ae_title,
-            requestor.address,
-            requestor.port,
+    # --- association -----------------------------------------------------------------
+
+    def _serve(self, channel: Channel, peer: str) -> None:
+        assoc = None
+        try:
+            assoc = self._negotiate(channel, peer)
+            if assoc is not None:
+                self._messages(channel, assoc, peer)
+        except Exception:
+            log.exception("association from %s failed", peer)
+            channel.abort()
+        finally:
+            with self._lock:
+                self._channels.pop(channel, None)
+                active = sum(self._channels.values())
+            if assoc is not None:
+                self.metrics.associations_active.set(active)
+            channel.close()
+
+    def _negotiate(self, channel: Channel, peer: str) -> Association | None:
+        """Answer the A-ASSOCIATE-RQ; the accepted association, or None (rejected, aborted)."""
+        channel.sock.settimeout(REQUEST_TIMEOUT)
+        try:
+            kind, length = channel.read_pdu_header()
+            if kind != ASSOCIATE_RQ or length > MAX_REQUEST_BYTES:
+                raise ProtocolError(
+                    f"PDU type 0x{kind:02X} of {length} bytes, expected A-ASSOCIATE-RQ"
+                )
+            request = decode_association(channel.read(length), kind)
+        except (OSError, ConnectionClosed, ProtocolError) as exc:
+            log.info("connection from %s closed before an association: %s", peer, exc)
+            channel.abort()
+            return None
+        calling = request.calling_ae
+        allowed = self.listen.allowed_calling_aes
+        rejection = None
+        if allowed and calling not in allowed:
+            rejection = Rejection(REJECTED_PERMANENT, SOURCE_USER, REASON_CALLING_AE_NOT_RECOGNIZED)
+        else:
+            with self._lock:
+                if sum(self._channels.values()) >= self.listen.max_associations:
+                    rejection = Rejection(
+                        REJECTED_TRANSIENT,
+                        SOURCE_PROVIDER_PRESENTATION,
+                        REASON_LOCAL_LIMIT_EXCEEDED,
+                    )
+                else:
+                    self._channels[channel] = True
+                    active = sum(self._channels.values())
+        if rejection is not None:
+            log.warning(
+                "rejected association from %r at %s (not in listen.allowed_calling_aes or "
+                "too many associations)",
+                calling,
+                peer,
+            )
+            channel.send_raw(encode_reject(rejection))
+            return None
+        self.metrics.associations_active.set(active)
+        for cx in request.contexts:
+            if not _accepts(cx.abstract_syntax):
+                cx.result = ABSTRACT_SYNTAX_NOT_SUPPORTED
+            elif not cx.transfer_syntaxes:
+                cx.result = TRANSFER_SYNTAXES_NOT_SUPPORTED
+            else:
+                # Stored as it comes: the sender's preferred syntax is the one to keep.
+                cx.result = ACCEPTED
+                cx.transfer_syntaxes = cx.transfer_syntaxes[:1]
+        channel.max_send = request.max_pdu
+        accept = Association(
+            called_ae=request.called_ae,
+            calling_ae=calling,
+            contexts=request.contexts,
+            max_pdu=self.listen.max_pdu_bytes,
+            roles={uid: (scu, 0) for uid, (scu, _scp) in request.roles.items()},
         )
+        channel.send_raw(encode_accept(accept))
+        channel.sock.settimeout(NETWORK_TIMEOUT)
+        return accept
 
-    # --- C-STORE ----------------------------------------------------------------------
+    def _messages(self, channel: Channel, assoc: Association, peer: str) -> None:
+        contexts = {cx.id: cx for cx in assoc.contexts if cx.accepted}
+        while True:
+            try:
+                context_id, command = channel.receive_command()
+                context = contexts.get(context_id)
+                if context is None:
+                    raise ProtocolError(
+                        f"message on presentation context {context_id}, not accepted"
+                    )
+                operation = command.get("CommandField")
+                if operation == C_STORE_RQ:
+                    self._store(
+                        channel, context_id, context.transfer_syntaxes[0], command, assoc, peer
+                    )
+                    continue
+                if command.get("CommandDataSetType", NO_DATASET) != NO_DATASET:
+                    channel.receive_dataset(context_id, lambda _piece: None)
+                status = SUCCESS if operation == C_ECHO_RQ else UNRECOGNIZED_OPERATION
+                channel.send_command(context_id, response_to(command, status))
+            except PeerReleased:
+                channel.send_raw(RELEASE_REPLY)
+                return
+            except PeerAborted:
+                log.info("association from %s aborted by the peer", peer)
+                return
+            except (OSError, ConnectionClosed, ProtocolError) as exc:
+                log.warning("aborting association from %s: %s", peer, exc)
+                channel.abort()
+                return
 
-    def _on_store(self, event: Event) -> int:
-        requestor = event.assoc.requestor
-        calling = requestor.ae_title.strip()
-        called = event.assoc.acceptor.ae_title.strip()
-        peer = f"{requestor.address}:{requestor.port}"
-        incoming = Path(event.dataset_path)
+    # --- C-STORE ---------------------------------------------------------------------
+
+    def _store(
+        self,
+        channel: Channel,
+        context_id: int,
+        syntax: str,
+        command: Command,
+        assoc: Association,
+        peer: str,
+    ) -> None:
+        calling, called = assoc.calling_ae, assoc.called_ae
+        sop_class = str(command.get("AffectedSOPClassUID", ""))
+        commanded = str(command.get("AffectedSOPInstanceUID", ""))
+        incoming = self.intake.spool.tmp / f"{uuid.uuid4().hex}.dcm"
+        try:
+            with open(incoming, "xb", buffering=WRITE_BUFFER) as fh:
+                fh.write(file_meta(sop_class, commanded, syntax, calling))
+                channel.receive_dataset(context_id, fh.write)
+        except BaseException:
+            incoming.unlink(missing_ok=True)
+            raise
+        status, comment = self._take(incoming, commanded, Origin(calling, called, peer, "scp"))
+        if status != SUCCESS:
+            incoming.unlink(missing_ok=True)
+        channel.send_command(context_id, response_to(command, status, comment))
+
+    def _take(self, incoming: Path, commanded: str, origin: Origin) -> tuple[int, str]:
+        """Check and spool a received file; the status to answer and, on failure, why."""
+        calling, peer = origin.calling_ae, origin.peer
         fields = {"calling_ae": calling}  # with the UIDs once they are read, for the log
         try:
             header = identify(incoming)
             fields = series_fields(header.study_uid, header.series_uid, calling)
-            commanded = str(event.request.AffectedSOPInstanceUID or "")
             if commanded and commanded != header.sop_uid:
                 raise RejectedInstance(
                     DATASET_MISMATCH,
@@ -140,7 +296,7 @@ class StoreSCP:
                     f"data set SOP Instance UID {header.sop_uid} differs from the C-STORE "
                     f"request's {commanded}",
                 )
-            self.intake.take(incoming, header, Origin(calling, called, peer, "scp"))
+            self.intake.take(incoming, header, origin)
         except RejectedInstance as exc:
             self.metrics.instances_rejected.labels(exc.reason).inc()
             log.warning(
@@ -151,14 +307,14 @@ class StoreSCP:
                 exc,
                 extra=fields,
             )
-            return exc.status
+            return exc.status, str(exc)
         except OSError as exc:
             reason = "disk_full" if exc.errno == 28 else "internal"
             self.metrics.instances_rejected.labels(reason).inc()
             log.error("cannot store instance from %s (%s): %s", calling, peer, exc, extra=fields)
-            return 0xA700
+            return OUT_OF_RESOURCES, f"cannot store: {os.strerror(exc.errno or 5)}"
         except Exception:
             self.metrics.instances_rejected.labels("internal").inc()
             log.exception("failed to store an instance from %s (%s)", calling, peer, extra=fields)
-            return 0xA700
-        return 0x0000
+            return OUT_OF_RESOURCES, "internal error while storing"
+        return SUCCESS, ""

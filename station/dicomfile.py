@@ -1,0 +1,78 @@
+"""The DICOM file format's envelope (PS3.10): a 128-byte preamble, "DICM", the File Meta
+Information group (0002), then the data set as it travels on the network. The receive
+path writes the envelope in front of the bytes it is sent; the send path skips it."""
+
+from __future__ import annotations
+
+import struct
+from typing import IO
+
+from station.net.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+
+PREAMBLE = bytes(128) + b"DICM"
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"SV",
+    b"UV",
+}
+_SHORT = struct.Struct("<HH2sH")
+_LONG = struct.Struct("<I")
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr in (b"UI", b"OB") else b" "
+    if vr in _LONG_VRS:
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return _SHORT.pack(0x0002, element, vr, len(value)) + value
+
+
+def file_meta(sop_class: str, sop_uid: str, transfer_syntax: str, source_ae: str) -> bytes:
+    """Preamble, prefix and File Meta Information for a data set received over the network."""
+    body = b"".join(
+        (
+            _element(0x0001, b"OB", b"\0\1"),
+            _element(0x0002, b"UI", sop_class.encode("ascii", "replace")),
+            _element(0x0003, b"UI", sop_uid.encode("ascii", "replace")),
+            _element(0x0010, b"UI", transfer_syntax.encode("ascii", "replace")),
+            _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _element(0x0013, b"SH", IMPLEMENTATION_VERSION.encode("ascii")),
+            _element(0x0016, b"AE", source_ae.encode("ascii", "replace")),
+        )
+    )
+    return PREAMBLE + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def dataset_start(fh: IO[bytes]) -> int:
+    """The offset of the data set in a DICOM file with a File Meta Information group:
+    the end of the last group 0002 element (whether or not a group length is present).
+    Leaves ``fh`` there. Raises ValueError for a file without the "DICM" prefix."""
+    fh.seek(0)
+    if fh.read(132)[128:] != b"DICM":
+        raise ValueError("no 'DICM' prefix after the preamble")
+    offset = 132
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            break
+        group, _element_no, vr, length = _SHORT.unpack(head)
+        if group != 0x0002:
+            break
+        offset += 8
+        if vr in _LONG_VRS:
+            length = _LONG.unpack(fh.read(4))[0]
+            offset += 4
+        offset += length
+        fh.seek(offset)
+    fh.seek(offset)
+    return offset
