@@ -59,7 +59,7 @@ def timing() -> None:
     _timed(scp.StoreSCP, "_take", "receive: C-STORE handler after the data set is in")
     _timed(scp, "identify", "receive: identify (parse the file)")
     _timed(intake.Intake, "take", "receive: intake (spool + journal + metrics)")
-    _timed(Spool, "store", "receive: spool store (fsync file, rename, fsync folder)")
+    _timed(Spool, "commit", "receive: spool commit (fdatasync)")
     _timed(Journal, "record_instance", "receive: journal record_instance (commit)")
     _timed(dispatcher.Dispatcher, "deliver", "send: deliver (one batch, all of it)")
     _timed(dicom, "_associate", "send: associate")

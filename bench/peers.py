@@ -391,4 +391,11 @@ def count_files(folder: Path) -> int:
 
 
 def count_tree(folder: Path) -> int:
-    return sum(len(files) for _dirs, _sub, files in os.walk(folder))
+    """Files holding data under ``folder`` (the station's spool also keeps empty files
+    created ahead)."""
+    return sum(
+        1
+        for top, _sub, files in os.walk(folder)
+        for name in files
+        if os.path.getsize(os.path.join(top, name))
+    )

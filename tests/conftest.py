@@ -199,6 +199,11 @@ class StationProcess:
                 return float(value)
         return 0.0
 
+    def spooled(self) -> list[Path]:
+        """The spool files holding data (the rest are free files created ahead)."""
+        spool = self.workdir / "data" / "spool"
+        return [p for p in spool.rglob("*") if p.is_file() and p.stat().st_size]
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "station", *args, "--config", str(self.config_path)],

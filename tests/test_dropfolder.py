@@ -298,7 +298,9 @@ def test_bad_input_is_quarantined_with_a_reason(tmp_path, pacs, start_station):
     assert (quarantine / "mixed.zip-study_readme.txt").read_bytes() == b"hello\n"
     # Nothing was written outside: no evil.dcm anywhere, no temporary files left behind.
     assert not list(tmp_path.rglob("evil.dcm")) and not (tmp_path.parent / "evil.dcm").exists()
-    assert not list((station.workdir / "data" / "tmp").iterdir())
+    assert [dcmread(p).SOPInstanceUID for p in station.spooled()] == [
+        dcmread(VALID / "CT_small.dcm").SOPInstanceUID  # from mixed.zip
+    ]
 
     # The service keeps going: a valid file dropped afterwards is delivered.
     shutil.copyfile(VALID / "chrX1.dcm", staging / "after.dcm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def copy_with(tmp: Path, name: str, **tags: str) -> Path:
 
 def spool_and_journal(spool: Spool, journal: Journal, path: Path, now: float) -> int:
     header = identify(path)
-    stored = spool.store(path, header)
+    stored = spool.claim()
+    shutil.copyfile(path, stored)
+    spool.commit(stored)
     batch, _stale = journal.record_instance(
         Received(
             header.sop_uid,

@@ -17,7 +17,6 @@ import queue
 import shutil
 import threading
 import time
-import uuid
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -72,13 +71,12 @@ class Ingestor:
         if self.journal.was_dropped(dropped):
             outcome = "taken before"
         else:
-            self.spool.check_space(stat.st_size)
             try:
                 if is_zip_archive(path):
                     outcome = self._ingest_zip(watch, path)
                     self.journal.mark_dropped(dropped, outcome)
                 else:
-                    partial = self.spool.tmp / f"{uuid.uuid4().hex}.part"
+                    partial = self.spool.claim(stat.st_size)
                     shutil.copyfile(path, partial)
                     outcome = self._take(watch, partial, path.name, dropped)
             except Unacceptable as exc:
@@ -90,11 +88,11 @@ class Ingestor:
     def _take(
         self, watch: WatchConfig, partial: Path, name: str, dropped: Dropped | None = None
     ) -> str:
-        """Journal one file already copied to ``partial`` (in the spool's tmp folder)."""
+        """Journal one file already copied to ``partial`` (claimed from the spool)."""
         try:
             header = identify(partial)
         except RejectedInstance as exc:
-            partial.unlink(missing_ok=True)
+            self.spool.remove(partial)
             if exc.reason == "dicomdir":
                 if dropped is not None:
                     self.journal.mark_dropped(dropped, "skipped: DICOMDIR")
@@ -113,7 +111,7 @@ class Ingestor:
                 members = _checked_members(archive, watch)
                 taken = skipped = 0
                 for info in members:
-                    partial = self.spool.tmp / f"{uuid.uuid4().hex}.part"
+                    partial = self.spool.claim(info.file_size)
                     _extract(archive, info, partial)
                     try:
                         outcome = self._take(watch, partial, info.filename)

@@ -31,11 +31,12 @@ class Intake:
     def take(
         self, incoming: Path, header: Header, origin: Origin, dropped: Dropped | None = None
     ) -> Path:
-        """Move ``incoming`` (a complete file on the spool's file system) into the spool and
+        """Make ``incoming`` (a file claimed from the spool, written whole) durable and
         journal it; when this returns, the instance may be acknowledged. ``dropped`` names
         the drop-folder file it came from, remembered in the same transaction."""
         size = incoming.stat().st_size
-        stored = self.spool.store(incoming, header)
+        self.spool.commit(incoming)
+        stored = incoming
         received = Received(
             sop_uid=header.sop_uid,
             study_uid=header.study_uid,

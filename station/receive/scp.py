@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
@@ -269,18 +268,49 @@ class StoreSCP:
         calling, called = assoc.calling_ae, assoc.called_ae
         sop_class = str(command.get("AffectedSOPClassUID", ""))
         commanded = str(command.get("AffectedSOPInstanceUID", ""))
-        incoming = self.intake.spool.tmp / f"{uuid.uuid4().hex}.dcm"
+        origin = Origin(calling, called, peer, "scp")
         try:
-            with open(incoming, "xb", buffering=WRITE_BUFFER) as fh:
+            incoming = self.intake.spool.claim()
+        except OSError as error:
+            exc = RejectedInstance(
+                OUT_OF_RESOURCES,
+                "disk_full" if error.errno == 28 else "internal",
+                f"cannot create a spool file: {error}",
+            )
+        except RejectedInstance as refused:
+            exc = refused
+        else:
+            exc = None
+        if exc is not None:  # the disk is short: read the data set, refuse it
+            channel.receive_dataset(context_id, lambda _piece: None)
+            status, comment = self._refused(exc, origin, {"calling_ae": calling})
+            channel.send_command(context_id, response_to(command, status, comment))
+            return
+        try:
+            with open(os.open(incoming, os.O_WRONLY), "wb", buffering=WRITE_BUFFER) as fh:
                 fh.write(file_meta(sop_class, commanded, syntax, calling))
                 channel.receive_dataset(context_id, fh.write)
         except BaseException:
-            incoming.unlink(missing_ok=True)
+            self.intake.spool.remove(incoming)
             raise
-        status, comment = self._take(incoming, commanded, Origin(calling, called, peer, "scp"))
+        status, comment = self._take(incoming, commanded, origin)
         if status != SUCCESS:
-            incoming.unlink(missing_ok=True)
+            self.intake.spool.remove(incoming)
         channel.send_command(context_id, response_to(command, status, comment))
+
+    def _refused(
+        self, exc: RejectedInstance, origin: Origin, fields: dict[str, str]
+    ) -> tuple[int, str]:
+        self.metrics.instances_rejected.labels(exc.reason).inc()
+        log.warning(
+            "refused instance from %s (%s) with 0x%04X: %s",
+            origin.calling_ae,
+            origin.peer,
+            exc.status,
+            exc,
+            extra=fields,
+        )
+        return exc.status, str(exc)
 
     def _take(self, incoming: Path, commanded: str, origin: Origin) -> tuple[int, str]:
         """Check and spool a received file; the status to answer and, on failure, why."""
@@ -298,16 +328,7 @@ class StoreSCP:
                 )
             self.intake.take(incoming, header, origin)
         except RejectedInstance as exc:
-            self.metrics.instances_rejected.labels(exc.reason).inc()
-            log.warning(
-                "refused instance from %s (%s) with 0x%04X: %s",
-                calling,
-                peer,
-                exc.status,
-                exc,
-                extra=fields,
-            )
-            return exc.status, str(exc)
+            return self._refused(exc, origin, fields)
         except OSError as exc:
             reason = "disk_full" if exc.errno == 28 else "internal"
             self.metrics.instances_rejected.labels(reason).inc()
