@@ -92,7 +92,15 @@ def check_complete(ds: Dataset, path: Path) -> None:
 
 def identify(path: Path) -> Header:
     """Read and check the UIDs that decide where an instance goes, and that the data set is
-    complete; raise RejectedInstance. Every top-level element is read, but no long value."""
+    complete; raise RejectedInstance. A clean little-endian file is read straight from its
+    bytes (station.scan, many times faster); pydicom reads and words everything else."""
+    from station.scan import scan_header  # not at the top: station.scan imports this module
+
+    return scan_header(path) or identify_with_pydicom(path)
+
+
+def identify_with_pydicom(path: Path) -> Header:
+    """identify() by pydicom: every top-level element is read, but no long value."""
     try:
         ds = dcmread(path, defer_size=DEFER_BYTES)
     except InvalidDicomError as exc:
