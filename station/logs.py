@@ -55,4 +55,3 @@ def setup_logging(level: str, log_format: LogFormat) -> None:
         JsonFormatter() if log_format is LogFormat.json else logging.Formatter(HUMAN_FORMAT)
     )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -201,7 +201,10 @@ class StationProcess:
 
     def spooled(self) -> list[Path]:
         """The spool files holding data (the rest are free files created ahead)."""
-        spool = self.workdir / "data" / "spool"
+        storage = self.config["storage"]
+        if isinstance(storage, dict):  # the station's default is relative to its cwd
+            storage = storage.get("path", self.workdir / "station-data")
+        spool = Path(storage) / "spool"
         return [p for p in spool.rglob("*") if p.is_file() and p.stat().st_size]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -87,7 +87,7 @@ def test_metrics_match_the_traffic(tmp_path, pacs, start_station):
     assert m['station_instances_received_total{calling_ae="MODALITY1",source="scp"}'] == 1
     assert m['station_instances_received_total{calling_ae="MODALITY2",source="scp"}'] == 3
     assert m['station_instances_received_total{calling_ae="",source="folder"}'] == 1
-    spooled = {p.name: p.stat().st_size for p in (tmp_path / "data" / "spool").rglob("*.dcm")}
+    spooled = {p: p.stat().st_size for p in station.spooled()}
     assert len(spooled) == len(sent)
     scp_bytes = m['station_received_bytes_total{source="scp"}']
     folder_bytes = m['station_received_bytes_total{source="folder"}']
