@@ -114,7 +114,9 @@ def _pdu(kind: int, body: bytes) -> bytes:
 
 
 def _ae(title: str) -> bytes:
-    return title.encode("ascii").ljust(16)[:16]
+    """A title decoded from a peer's request holds U+FFFD for each byte outside ASCII; it
+    goes back as "?" (the A-ASSOCIATE-AC's AE fields are not tested, PS3.8 9.3.3)."""
+    return title.encode("ascii", "replace").ljust(16)[:16]
 
 
 def _header(assoc: Association) -> bytes:

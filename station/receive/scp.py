@@ -62,7 +62,7 @@ from station.net.pdu import (
 )
 from station.net.scu import VERIFICATION, tcp_nodelay
 from station.receive.intake import Intake, Origin
-from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, identify
+from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, identify, is_uid
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,11 @@ class StoreSCP:
             log.exception("association from %s failed", peer)
             channel.abort()
         finally:
+            # Counted once established, even when negotiation failed after that point.
             with self._lock:
-                self._channels.pop(channel, None)
+                established = self._channels.pop(channel, False)
                 active = sum(self._channels.values())
-            if assoc is not None:
+            if established:
                 self.metrics.associations_active.set(active)
             channel.close()
 
@@ -167,9 +168,14 @@ class StoreSCP:
         channel.sock.settimeout(REQUEST_TIMEOUT)
         try:
             kind, length = channel.read_pdu_header()
-            if kind != ASSOCIATE_RQ or length > MAX_REQUEST_BYTES:
+            if kind != ASSOCIATE_RQ:
                 raise ProtocolError(
-                    f"PDU type 0x{kind:02X} of {length} bytes, expected A-ASSOCIATE-RQ"
+                    f"PDU type 0x{kind:02X} where an A-ASSOCIATE-RQ (0x01) was expected "
+                    "(not a DICOM peer?)"
+                )
+            if length > MAX_REQUEST_BYTES:
+                raise ProtocolError(
+                    f"A-ASSOCIATE-RQ of {length} bytes, more than the {MAX_REQUEST_BYTES} accepted"
                 )
             request = decode_association(channel.read(length), kind)
         except (OSError, ConnectionClosed, ProtocolError) as exc:
@@ -199,18 +205,20 @@ class StoreSCP:
                 calling,
                 peer,
             )
-            channel.send_raw(encode_reject(rejection))
+            with contextlib.suppress(OSError):  # the peer may be gone already
+                channel.send_raw(encode_reject(rejection))
             return None
         self.metrics.associations_active.set(active)
         for cx in request.contexts:
+            # Stored as it comes: the sender's preferred syntax is the one to keep. It goes
+            # into the spool file's meta and back into the A-ASSOCIATE-AC, so it must be a UID.
+            cx.transfer_syntaxes = [ts for ts in cx.transfer_syntaxes if is_uid(ts)][:1]
             if not _accepts(cx.abstract_syntax):
                 cx.result = ABSTRACT_SYNTAX_NOT_SUPPORTED
             elif not cx.transfer_syntaxes:
                 cx.result = TRANSFER_SYNTAXES_NOT_SUPPORTED
             else:
-                # Stored as it comes: the sender's preferred syntax is the one to keep.
                 cx.result = ACCEPTED
-                cx.transfer_syntaxes = cx.transfer_syntaxes[:1]
         channel.max_send = request.max_pdu
         accept = Association(
             called_ae=request.called_ae,
@@ -219,7 +227,11 @@ class StoreSCP:
             max_pdu=self.listen.max_pdu_bytes,
             roles={uid: (scu, 0) for uid, (scu, _scp) in request.roles.items()},
         )
-        channel.send_raw(encode_accept(accept))
+        try:
+            channel.send_raw(encode_accept(accept))
+        except OSError as exc:
+            log.info("connection from %s closed before the association was accepted: %s", peer, exc)
+            return None
         channel.sock.settimeout(NETWORK_TIMEOUT)
         return accept
 
@@ -290,8 +302,16 @@ class StoreSCP:
             with open(os.open(incoming, os.O_WRONLY), "wb", buffering=WRITE_BUFFER) as fh:
                 fh.write(file_meta(sop_class, commanded, syntax, calling))
                 channel.receive_dataset(context_id, fh.write)
-        except BaseException:
+        except BaseException as exc:
             self.intake.spool.remove(incoming)
+            if isinstance(exc, (OSError, ConnectionClosed, PeerAborted, ProtocolError)):
+                log.warning(
+                    "C-STORE of %s from %s (%s) cut off inside its data set: not "
+                    "acknowledged, nothing kept",
+                    commanded or "an instance",
+                    calling,
+                    peer,
+                )
             raise
         status, comment = self._take(incoming, commanded, origin)
         if status != SUCCESS:
