@@ -2,7 +2,7 @@
 """The station against DCMTK and Orthanc, side by side, on 127.0.0.1, in one run.
 
     python3 bench/run.py [--smoke] [--corpus ct,small,series5000,series50]
-                         [--scenario ...] [--repeat N] [--json out.json]
+                         [--scenario ...] [--repeat N] [--senders N] [--json out.json]
 
 For each corpus (generated with pydicom into a cache, see corpus.py) it runs:
 
@@ -131,6 +131,7 @@ class Options:
     settle: float = 0.0
     final_args: list[str] = field(default_factory=lambda: ["+B"])  # the station's peer
     smoke: bool = False
+    senders: int = 1  # concurrent storescu associations, each a contiguous part of the corpus
 
 
 # Levers, measured one at a time (--variants): how the station is run differently.
@@ -180,13 +181,28 @@ class Outcome:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def send(procs: Processes, corpus: Corpus, port: int, called: str) -> tuple[float, Proc]:
-    """Start DCMTK storescu sending the whole corpus in order over one association."""
+def send(
+    procs: Processes, corpus: Corpus, port: int, called: str, senders: int = 1
+) -> tuple[float, list[Proc]]:
+    """Start DCMTK storescu sending the corpus in order: one association, or ``senders``
+    at once, each with a contiguous share (several modalities sending their series)."""
     started = time.monotonic()
-    proc = procs.start(
-        "storescu", storescu_args(port, called, corpus.files), env=DCMTK_ENV, cwd=corpus.root
-    )
-    return started, proc
+    share = -(-len(corpus.files) // senders)
+    parts = [corpus.files[i : i + share] for i in range(0, len(corpus.files), share)]
+    names = ["storescu"] if len(parts) == 1 else [f"storescu-{n}" for n in range(len(parts))]
+    scus = [
+        procs.start(name, storescu_args(port, called, part), env=DCMTK_ENV, cwd=corpus.root)
+        for name, part in zip(names, parts, strict=True)
+    ]
+    return started, scus
+
+
+def wait_all(scus: Sequence[Proc], timeout: float) -> None:
+    """Wait for every sender; raise BenchError naming the first that failed."""
+    for scu in scus:
+        code = scu.wait(timeout)
+        if code != 0:
+            raise BenchError(f"{scu.name} exited with {code}: {tail(scu)}")
 
 
 def await_files(
@@ -274,8 +290,8 @@ def run_dcmtk(corpus: Corpus, work: Path, procs: Processes, opts: Options) -> li
     out = work / "out"
     scp, port = start_storescp(procs, "storescp", out, "PACS", ["+B"])
     cpu = cpu_seconds(scp.pid)
-    t0, scu = send(procs, corpus, port, "PACS")
-    t1, arrived, _ = await_files(out, corpus.count, opts, [scp], [scu])
+    t0, scus = send(procs, corpus, port, "PACS", opts.senders)
+    t1, arrived, _ = await_files(out, corpus.count, opts, [scp], scus)
     cpu = cpu_seconds(scp.pid) - cpu
     return [Outcome(t1 - t0, arrived, peak_rss(scp.pid), "storescp (receiver)", {"cpu_s": cpu})]
 
@@ -294,8 +310,8 @@ def run_dcmtk_sf(corpus: Corpus, work: Path, procs: Processes, opts: Options) ->
     )
     with TreeSampler(relay.pid) as sampler:
         cpu = cpu_seconds(relay.pid)
-        t0, scu = send(procs, corpus, port, "RELAY")
-        t1, arrived, _ = await_files(out, corpus.count, opts, [relay], [scu])
+        t0, scus = send(procs, corpus, port, "RELAY", opts.senders)
+        t1, arrived, _ = await_files(out, corpus.count, opts, [relay], scus)
         time.sleep(0.05)  # the forked storescu exits once its association is released
         cpu = cpu_seconds(relay.pid) - cpu
     return [Outcome(t1 - t0, arrived, sampler.peak, "storescp + forked storescu", {"cpu_s": cpu})]
@@ -307,8 +323,8 @@ def run_orthanc(corpus: Corpus, work: Path, procs: Processes, opts: Options) -> 
     stop = signal.SIGKILL if opts.smoke else signal.SIGTERM
     orthanc, port = start_orthanc(procs, work, ("PACS", final_port), stop)
     cpu = cpu_seconds(orthanc.pid)
-    t0, scu = send(procs, corpus, port, "ORTHANC")
-    t1, arrived, _ = await_files(out, corpus.count, opts, [orthanc], [scu])
+    t0, scus = send(procs, corpus, port, "ORTHANC", opts.senders)
+    t1, arrived, _ = await_files(out, corpus.count, opts, [orthanc], scus)
     cpu = cpu_seconds(orthanc.pid) - cpu
     return [Outcome(t1 - t0, arrived, peak_rss(orthanc.pid), "Orthanc", {"cpu_s": cpu})]
 
@@ -320,10 +336,10 @@ def run_station(corpus: Corpus, work: Path, procs: Processes, opts: Options) -> 
     station, port = start_station(procs, "station", config, opts.station, station_env(opts))
     profile(procs, station, corpus, opts)
     cpu = cpu_seconds(station.pid)
-    t0, scu = send(procs, corpus, port, "STATION")
-    t1, arrived, exited = await_files(out, corpus.count, opts, [station], [scu])
+    t0, scus = send(procs, corpus, port, "STATION", opts.senders)
+    t1, arrived, exited = await_files(out, corpus.count, opts, [station], scus)
     extra = {
-        "acknowledged_s": exited.get("storescu", t1) - t0,
+        "acknowledged_s": max(exited.get(scu.name, t1) for scu in scus) - t0,
         "cpu_s": cpu_seconds(station.pid) - cpu,
     }
     return [Outcome(t1 - t0, arrived, peak_rss(station.pid), "station", extra)]
@@ -337,12 +353,10 @@ def run_station_legs(corpus: Corpus, work: Path, procs: Processes, opts: Options
     receiver, port = start_station(procs, "station-recv", config, opts.station, station_env(opts))
     profile(procs, receiver, corpus, opts)
     cpu = cpu_seconds(receiver.pid)
-    t0, scu = send(procs, corpus, port, "STATION")
-    code = scu.wait(opts.timeout)
+    t0, scus = send(procs, corpus, port, "STATION", opts.senders)
+    wait_all(scus, opts.timeout)
     t1 = time.monotonic()
     cpu = cpu_seconds(receiver.pid) - cpu
-    if code != 0:
-        raise BenchError(f"storescu exited with {code}: {tail(scu)}")
     spooled = count_tree(storage / "spool")
     recv = Outcome(t1 - t0, spooled, peak_rss(receiver.pid), "station (receiver)", {"cpu_s": cpu})
     receiver.stop()
@@ -586,6 +600,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, help="seconds per scenario run")
     parser.add_argument(
+        "--senders",
+        type=int,
+        default=1,
+        metavar="N",
+        help="storescu associations sending at once, each a contiguous share of the corpus",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -661,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_gil=args.profile_gil,
         settle=args.settle,
         smoke=args.smoke,
+        senders=max(1, args.senders),
     )
     load = os.getloadavg()
     speed = [calibrate()]
@@ -684,6 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "smoke": args.smoke,
         "cpus": os.cpu_count(),
+        "senders": opts.senders,
         "load_before": load,
         "load_after": os.getloadavg(),
         "calibration_s": speed,

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,18 @@ CREATE TABLE IF NOT EXISTS dropped_files (
 """
 
 
+@dataclass
+class _Pending:
+    """An instance waiting to be journaled by whichever thread commits next."""
+
+    item: Received
+    now: float
+    dropped: Dropped | None
+    done: bool = False
+    result: tuple[int, Path | None] | None = None
+    error: BaseException | None = None
+
+
 class Journal:
     """Thread-safe access to the journal database. One instance per process."""
 
@@ -102,6 +115,9 @@ class Journal:
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self.group_commits = 0  # transactions record_instance committed (tests read it)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
@@ -138,65 +154,90 @@ class Journal:
 
         Returns the batch id and, when the same SOP Instance UID was stored before under
         another path, that old path (the caller removes the stale file).
+
+        Group commit: instances recorded by concurrent threads (several associations) share
+        one transaction and so one WAL fsync. Whichever thread gets the journal first
+        commits everything queued by then; the others find their result done. One thread
+        alone pays nothing for it.
         """
-        now = time.time() if now is None else now
-        with self.transaction() as db:
-            if dropped is not None:
-                self._remember_dropped(db, dropped, "ingested", now)
-            row = db.execute(
-                "SELECT id FROM batches WHERE series_uid=? AND state='open'", (item.series_uid,)
-            ).fetchone()
-            if row:
-                batch_id = row["id"]
-                db.execute("UPDATE batches SET last_received=? WHERE id=?", (now, batch_id))
-            else:
-                batch_id = db.execute(
-                    "INSERT INTO batches (study_uid, series_uid, state, first_received,"
-                    " last_received, calling_ae, called_ae, peer, source, labels)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,'{}')",
-                    (
-                        item.study_uid,
-                        item.series_uid,
-                        "open",
-                        now,
-                        now,
-                        item.calling_ae,
-                        item.called_ae,
-                        item.peer,
-                        item.source,
-                    ),
-                ).lastrowid
-                db.execute(
-                    "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
-                    (
-                        now,
-                        batch_id,
-                        "opened",
-                        f"from {item.calling_ae} ({item.peer}) via {item.source}",
-                    ),
-                )
-            old = db.execute(
-                "SELECT path FROM instances WHERE sop_uid=?", (item.sop_uid,)
-            ).fetchone()
-            db.execute(
-                "INSERT OR REPLACE INTO instances (sop_uid, batch_id, series_uid, sop_class,"
-                " transfer_syntax, path, size, calling_ae, called_ae, peer, source, received_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        pending = _Pending(item, time.time() if now is None else now, dropped)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._lock:
+            if not pending.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                try:
+                    with self.transaction() as db:
+                        results = [self._record(db, p) for p in group]
+                except BaseException as exc:
+                    for p in group:
+                        p.error, p.done = exc, True
+                else:
+                    for p, result in zip(group, results, strict=True):
+                        p.result, p.done = result, True
+                self.group_commits += 1
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _record(self, db: sqlite3.Connection, pending: _Pending) -> tuple[int, Path | None]:
+        item, now, dropped = pending.item, pending.now, pending.dropped
+        if dropped is not None:
+            self._remember_dropped(db, dropped, "ingested", now)
+        row = db.execute(
+            "SELECT id FROM batches WHERE series_uid=? AND state='open'", (item.series_uid,)
+        ).fetchone()
+        if row:
+            batch_id = row["id"]
+            db.execute("UPDATE batches SET last_received=? WHERE id=?", (now, batch_id))
+        else:
+            batch_id = db.execute(
+                "INSERT INTO batches (study_uid, series_uid, state, first_received,"
+                " last_received, calling_ae, called_ae, peer, source, labels)"
+                " VALUES (?,?,?,?,?,?,?,?,?,'{}')",
                 (
-                    item.sop_uid,
-                    batch_id,
+                    item.study_uid,
                     item.series_uid,
-                    item.sop_class,
-                    item.transfer_syntax,
-                    str(item.path),
-                    item.size,
+                    "open",
+                    now,
+                    now,
                     item.calling_ae,
                     item.called_ae,
                     item.peer,
                     item.source,
+                ),
+            ).lastrowid
+            db.execute(
+                "INSERT INTO events (ts, batch_id, kind, detail) VALUES (?,?,?,?)",
+                (
                     now,
+                    batch_id,
+                    "opened",
+                    f"from {item.calling_ae} ({item.peer}) via {item.source}",
                 ),
             )
+        old = db.execute("SELECT path FROM instances WHERE sop_uid=?", (item.sop_uid,)).fetchone()
+        db.execute(
+            "INSERT OR REPLACE INTO instances (sop_uid, batch_id, series_uid, sop_class,"
+            " transfer_syntax, path, size, calling_ae, called_ae, peer, source, received_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                item.sop_uid,
+                batch_id,
+                item.series_uid,
+                item.sop_class,
+                item.transfer_syntax,
+                str(item.path),
+                item.size,
+                item.calling_ae,
+                item.called_ae,
+                item.peer,
+                item.source,
+                now,
+            ),
+        )
         stale = Path(old["path"]) if old and old["path"] != str(item.path) else None
         return batch_id, stale
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +51,43 @@ def spool_and_journal(spool: Spool, journal: Journal, path: Path, now: float) ->
         now=now,
     )
     return batch
+
+
+def test_concurrent_instances_share_commits_and_all_land(tmp_path: Path) -> None:
+    """Group commit: eight threads (eight associations) journaling at once need fewer
+    transactions than instances, and every instance is in its series' one open batch."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    threads, per_thread = 8, 40
+    series = [generate_uid() for _ in range(threads)]
+    results: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def sender(series_uid: str) -> None:
+        try:
+            for _ in range(per_thread):
+                sop_uid = generate_uid()
+                received = Received(
+                    sop_uid, "1.2.3", series_uid, "1.2.840.10008.5.1.4.1.1.4",
+                    "1.2.840.10008.1.2.1", tmp_path / f"{sop_uid}.dcm", 1, "M", "S", "p", "scp",
+                )  # fmt: skip
+                results[sop_uid] = journal.record_instance(received)[0]
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=sender, args=(uid,)) for uid in series]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not errors and len(results) == threads * per_thread
+    assert journal.group_commits < threads * per_thread
+    rows = journal.query(
+        "SELECT series_uid, COUNT(*) AS n, COUNT(DISTINCT batch_id) AS b"
+        " FROM instances GROUP BY series_uid"
+    )
+    assert {(r["series_uid"], r["n"], r["b"]) for r in rows} == {
+        (uid, per_thread, 1) for uid in series
+    }
 
 
 @pytest.mark.parametrize("value", ["1.2.840.10008", "1", "0.0.1"])
