@@ -520,3 +520,44 @@ def test_release_after_stores_gets_a_release_reply(station: StationProcess) -> N
     assoc.release()
     assert assoc.is_released and not assoc.is_aborted
     wait_for(lambda: no_association_left(station), TIMEOUT, message="no association left")
+
+
+# --- 9. a large instance ---------------------------------------------------------------
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_a_200_mib_instance_goes_through_with_flat_memory(
+    tmp_path: Path, pacs: StoreSCP, start_station: Callable[..., StationProcess]
+) -> None:
+    """Received fragment by fragment into its spool file and sent from it in pieces: the
+    station's peak RSS grows by far less than the instance (both ways, 4 MiB PDUs)."""
+    station = start_station({"destinations": {"pacs": dicom_destination(pacs)}})
+    before = peak_rss_mib(station.proc.pid)
+    ds = dcmread(CT)
+    ds.SOPInstanceUID = generate_uid()
+    ds.PixelData = random.Random(7).randbytes(200 * 2**20)
+    ds.NumberOfFrames = len(ds.PixelData) // (ds.Rows * ds.Columns * 2)
+    del ds[0xFFFCFFFC]  # CT_small's trailing padding, which storescu would drop
+    big = tmp_path / "big.dcm"
+    ds.save_as(big, enforce_file_format=True)
+    result = storescu(station.port, [big], extra=("-v",), timeout=120)
+    assert storescu_successes(result) == 1, result.stderr
+    expected = len(dataset_bytes(big))
+
+    def arrived_whole() -> bool:  # storescp writes the file as it receives it
+        files = pacs.files()
+        if len(files) != 1 or files[0].stat().st_size < 144:
+            return False
+        with open(files[0], "rb") as fh:
+            head = fh.read(144)
+        meta_end = 144 + struct.unpack_from("<I", head, 140)[0]
+        return files[0].stat().st_size - meta_end == expected
+
+    wait_for(arrived_whole, 120, message="the whole large instance at storescp")
+    assert dataset_bytes(pacs.files()[0]) == dataset_bytes(big)
+    grown = peak_rss_mib(station.proc.pid) - before
+    assert grown < 40, f"peak RSS grew by {grown:.0f} MiB for a 200 MiB instance"

@@ -234,8 +234,9 @@ class Channel:
     # --- writing ---------------------------------------------------------------------
 
     def _max_value(self) -> int:
-        """The largest PDV value one P-DATA-TF may carry to this peer."""
-        return self.max_send - 6 if self.max_send > 6 else CHUNK
+        """The largest PDV value to put in one P-DATA-TF for this peer: its limit, and never
+        more than CHUNK (memory stays flat when a peer announces gigabytes or no limit)."""
+        return min(self.max_send - 6, CHUNK) if self.max_send > 6 else CHUNK
 
     @staticmethod
     def _fragment(context: int, control: int, value: bytes) -> bytes:
