@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -271,6 +272,40 @@ GARBAGE = {
     ),
     "truncated-request": (TRUNCATED, r"connection closed by the peer \(34 of \d+ bytes\)"),
 }
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_off_after_the_request_timeout(
+    station: StationProcess,
+) -> None:
+    """The A-ASSOCIATE-RQ must arrive whole within 10 s (REQUEST_TIMEOUT), not within 10 s
+    of each byte: a peer trickling it (here it would take ~60 s) cannot hold a thread."""
+    request = encode_request(
+        Association(
+            "STATION", "SLOWSCU", [PresentationContext(1, CTImageStorage, [ExplicitVRLittleEndian])]
+        )
+    )
+    started = time.monotonic()
+    closed = False
+    with connect(station.port) as sock:
+        sock_port = sock.getsockname()[1]
+        sock.settimeout(0.5)  # each wait for an answer is also the pause between bytes
+        for byte in request:
+            if time.monotonic() - started > 25:
+                break
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(4096) == b"":  # an A-ABORT may come first, then the close
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the station
+                closed = True
+                break
+    assert closed, f"still connected after {time.monotonic() - started:.0f} s of trickling"
+    assert time.monotonic() - started < 25
+    assert re.search(r"closed before an association: .*time allowed", log_line(station, sock_port))
+    stored_one_ct(station)
 
 
 @pytest.mark.parametrize("name", GARBAGE)

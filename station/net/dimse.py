@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import IO
 
@@ -160,6 +161,27 @@ class Channel:
         if len(data) != size:
             raise ConnectionClosed(f"connection closed by the peer ({len(data)} of {size} bytes)")
         return data
+
+    def read_by(self, size: int, deadline: float) -> bytes:
+        """``size`` bytes, all of them before ``deadline`` (time.monotonic()): a peer that
+        trickles bytes cannot stretch a timeout that applies to each read."""
+        parts: list[bytes] = []
+        left = size
+        while left:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(remaining)
+                part = self.reader.read1(left)
+            except TimeoutError:
+                raise TimeoutError(f"{size - left} of {size} bytes in the time allowed") from None
+            if not part:
+                got = size - left
+                raise ConnectionClosed(f"connection closed by the peer ({got} of {size} bytes)")
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
 
     def read_pdu_header(self) -> tuple[int, int]:
         return PDU_HEADER.unpack(self.read(PDU_HEADER.size))

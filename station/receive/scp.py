@@ -45,6 +45,7 @@ from station.net.pdu import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
     ACCEPTED,
     ASSOCIATE_RQ,
+    PDU_HEADER,
     REASON_CALLING_AE_NOT_RECOGNIZED,
     REASON_LOCAL_LIMIT_EXCEEDED,
     REJECTED_PERMANENT,
@@ -165,9 +166,9 @@ class StoreSCP:
 
     def _negotiate(self, channel: Channel, peer: str) -> Association | None:
         """Answer the A-ASSOCIATE-RQ; the accepted association, or None (rejected, aborted)."""
-        channel.sock.settimeout(REQUEST_TIMEOUT)
+        deadline = time.monotonic() + REQUEST_TIMEOUT
         try:
-            kind, length = channel.read_pdu_header()
+            kind, length = PDU_HEADER.unpack(channel.read_by(PDU_HEADER.size, deadline))
             if kind != ASSOCIATE_RQ:
                 raise ProtocolError(
                     f"PDU type 0x{kind:02X} where an A-ASSOCIATE-RQ (0x01) was expected "
@@ -177,7 +178,7 @@ class StoreSCP:
                 raise ProtocolError(
                     f"A-ASSOCIATE-RQ of {length} bytes, more than the {MAX_REQUEST_BYTES} accepted"
                 )
-            request = decode_association(channel.read(length), kind)
+            request = decode_association(channel.read_by(length, deadline), kind)
         except (OSError, ConnectionClosed, ProtocolError) as exc:
             log.info("connection from %s closed before an association: %s", peer, exc)
             channel.abort()
