@@ -127,17 +127,54 @@ def _chunks(
         yield contexts, group
 
 
+class _Lost(Exception):
+    """The association broke down during the C-STORE of ``group[index]``."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> SendResult:
-    """Send instances over as few associations as their presentation contexts allow."""
+    """Send instances over as few associations as their presentation contexts allow.
+
+    When the peer aborts (or stops answering) in the middle, sending goes on over a new
+    association with the instances after the one in flight, which is tried again last. An
+    instance the peer aborts on twice while others go through is refused for good (a peer
+    that cannot take that one file, such as storescp on an odd fragment length), so it no
+    longer holds back its series. A failure on the first C-STORE of a new association is the
+    peer's problem, not the instance's: TransientSendError, the whole batch later.
+    """
     result = SendResult()
     for contexts, group in _chunks(instances):
-        assoc = _associate(peer, contexts)
-        try:
-            _store_group(assoc, peer, group, prepare, result)
-        except BaseException:
-            assoc.abort()
-            raise
-        assoc.release()
+        pending, aborts = group, dict.fromkeys((inst.sop_uid for inst in group), 0)
+        while pending:
+            assoc = _associate(peer, contexts)
+            try:
+                _store_group(assoc, peer, pending, prepare, result)
+            except _Lost as lost:
+                inst = pending[lost.index]
+                aborts[inst.sop_uid] += 1
+                if lost.index == 0 and aborts[inst.sop_uid] == 1:
+                    raise TransientSendError(
+                        f"{peer}: no C-STORE response (association aborted or timed out) "
+                        f"after {result.sent} of {len(instances)} instances: {lost}"
+                    ) from lost
+                later = pending[lost.index + 1 :]
+                if aborts[inst.sop_uid] < 2:
+                    pending = [*later, inst]
+                    continue
+                result.failed[inst.sop_uid] = (
+                    f"{peer} aborted the association each time this instance was sent "
+                    f"({aborts[inst.sop_uid]} times) while it accepted others: {lost}"
+                )
+                pending = later
+                continue
+            except BaseException:
+                assoc.abort()
+                raise
+            assoc.release()
+            break
     return result
 
 
@@ -202,7 +239,7 @@ def _store_group(
     assoc: Requestor, peer: Peer, group: list[Instance], prepare: Prepare, result: SendResult
 ) -> None:
     accepted = assoc.accepted()
-    for inst in group:
+    for index, inst in enumerate(group):
         try:
             payload = _payload(inst, prepare, accepted.get(inst.sop_class, set()))
         except PermanentSendError as exc:
@@ -223,10 +260,7 @@ def _store_group(
                     payload.sop_class, payload.sop_uid, payload.syntax, data, _remaining(data)
                 )
             except AssociationError as exc:
-                raise TransientSendError(
-                    f"{peer}: no C-STORE response (association aborted or timed out) after "
-                    f"{result.sent} of {len(group)} instances: {exc}"
-                ) from exc
+                raise _Lost(index, str(exc)) from exc
         code = int(status.get("Status", -1))
         category = status_category(code)
         if category in ("Success", "Warning"):

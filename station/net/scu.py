@@ -146,7 +146,15 @@ class Requestor:
             _context, response = self.channel.receive_command()
         except (OSError, ConnectionClosed, PeerAborted, PeerReleased, ProtocolError) as exc:
             self.channel.abort()
-            raise AssociationError(f"no response: {type(exc).__name__}: {exc}") from exc
+            if isinstance(exc, PeerAborted):
+                detail = "the peer aborted the association (A-ABORT)"
+            elif isinstance(exc, PeerReleased):
+                detail = "the peer asked to release instead of answering"
+            elif isinstance(exc, TimeoutError):
+                detail = f"no answer within {self.channel.sock.gettimeout() or 0:g} s"
+            else:
+                detail = f"{type(exc).__name__}: {exc}"
+            raise AssociationError(f"no response: {detail}") from exc
         if response.get("MessageIDBeingRespondedTo") != message_id:
             self.channel.abort()
             raise AssociationError(
