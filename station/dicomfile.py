@@ -10,31 +10,18 @@ from typing import IO
 from station.net.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 PREAMBLE = bytes(128) + b"DICM"
-_LONG_VRS = {
-    b"OB",
-    b"OD",
-    b"OF",
-    b"OL",
-    b"OV",
-    b"OW",
-    b"SQ",
-    b"UC",
-    b"UN",
-    b"UR",
-    b"UT",
-    b"SV",
-    b"UV",
-}
-_SHORT = struct.Struct("<HH2sH")
-_LONG = struct.Struct("<I")
+# Explicit VR (PS3.5 7.1.2): VRs whose length takes 4 bytes after 2 reserved ones.
+LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+EXPLICIT = struct.Struct("<HH2sH")  # tag, VR and 2-byte length
+LENGTH = struct.Struct("<I")
 
 
 def _element(element: int, vr: bytes, value: bytes) -> bytes:
     if len(value) % 2:
         value += b"\0" if vr in (b"UI", b"OB") else b" "
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
-    return _SHORT.pack(0x0002, element, vr, len(value)) + value
+    return EXPLICIT.pack(0x0002, element, vr, len(value)) + value
 
 
 def file_meta(sop_class: str, sop_uid: str, transfer_syntax: str, source_ae: str) -> bytes:
@@ -65,12 +52,12 @@ def dataset_start(fh: IO[bytes]) -> int:
         head = fh.read(8)
         if len(head) < 8:
             break
-        group, _element_no, vr, length = _SHORT.unpack(head)
+        group, _element_no, vr, length = EXPLICIT.unpack(head)
         if group != 0x0002:
             break
         offset += 8
-        if vr in _LONG_VRS:
-            length = _LONG.unpack(fh.read(4))[0]
+        if vr in LONG_VRS:
+            length = LENGTH.unpack(fh.read(4))[0]
             offset += 4
         offset += length
         fh.seek(offset)

@@ -21,6 +21,7 @@ import os
 import struct
 from pathlib import Path
 
+from station.dicomfile import EXPLICIT, LENGTH, LONG_VRS
 from station.spool import MEDIA_STORAGE_DIRECTORY, UNDEFINED_LENGTH, Header, is_uid
 
 HEAD_BYTES = 16 * 1024  # the whole header of most files, in one read
@@ -31,9 +32,8 @@ STANDARD_SYNTAXES = "1.2.840.10008.1.2."  # all explicit VR little endian, but f
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
-# Explicit VR (PS3.5 7.1.2): VRs whose length takes 4 bytes after 2 reserved ones, and VRs
-# whose length takes 2. pydicom guesses at any other VR, so a file with one is left to it.
-LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+# Explicit VR (PS3.5 7.1.2): VRs whose length takes 2 bytes (LONG_VRS take 4).
+# pydicom guesses at any other VR, so a file with one is left to it.
 SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 
 GROUP_LENGTH = 0x00020000
@@ -62,8 +62,6 @@ SEQUENCE_DELIMITER = 0xFFFEE0DD
 MAX_UID_BYTES = 64  # a UID of 64 characters, or 63 and its padding
 
 _IMPLICIT = struct.Struct("<HHI")  # tag and 4-byte length: implicit VR, items, delimiters
-_EXPLICIT = struct.Struct("<HH2sH")  # tag, VR and 2-byte length
-_LENGTH = struct.Struct("<I")
 ZERO = bytes(4)
 
 
@@ -150,7 +148,7 @@ class _Walk:
             raise _Unsure
         pos = value + length
         index = self.at(value, 4)
-        end = pos + _LENGTH.unpack_from(self.buf, index)[0]
+        end = pos + LENGTH.unpack_from(self.buf, index)[0]
         found: dict[int, str] = {}
         last = tag
         while pos < end:
@@ -200,13 +198,13 @@ class _Walk:
                 group, number, length = _IMPLICIT.unpack_from(buf, index)
                 vr, value = None, pos + 8
             else:
-                group, number, vr, length = _EXPLICIT.unpack_from(buf, index)
+                group, number, vr, length = EXPLICIT.unpack_from(buf, index)
                 value = pos + 8
                 if vr in LONG_VRS:
                     if index + 12 > len(buf):
                         index = self.at(pos, 12)
                         buf, base = self.buf, self.base
-                    length = _LENGTH.unpack_from(buf, index + 8)[0]
+                    length = LENGTH.unpack_from(buf, index + 8)[0]
                     value = pos + 12
                 elif vr not in SHORT_VRS and group != 0xFFFE:
                     raise _Unsure  # an unknown VR, or implicit VR where explicit belongs
@@ -237,15 +235,15 @@ class _Walk:
         if implicit:
             group, number, length = _IMPLICIT.unpack_from(self.buf, index)
             return group << 16 | number, None, pos + 8, length
-        group, number, vr, length = _EXPLICIT.unpack_from(self.buf, index)
+        group, number, vr, length = EXPLICIT.unpack_from(self.buf, index)
         tag = group << 16 | number
         if group == 0xFFFE:  # items and delimiters have no VR in either encoding
-            return tag, None, pos + 8, _LENGTH.unpack_from(self.buf, index + 4)[0]
+            return tag, None, pos + 8, LENGTH.unpack_from(self.buf, index + 4)[0]
         if vr in SHORT_VRS:
             return tag, vr, pos + 8, length
         if vr in LONG_VRS:
             index = self.at(pos, 12)
-            return tag, vr, pos + 12, _LENGTH.unpack_from(self.buf, index + 8)[0]
+            return tag, vr, pos + 12, LENGTH.unpack_from(self.buf, index + 8)[0]
         raise _Unsure
 
     def value_end(self, tag: int, vr: bytes | None, value: int, length: int, implicit: bool) -> int:
