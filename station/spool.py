@@ -16,6 +16,7 @@ trace`` and ``station status`` show the way).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -246,10 +247,16 @@ class Spool:
 
     def claim(self, incoming: int = 0) -> Path:
         """An empty spool file to write one incoming instance into (``incoming``: its size,
-        when known). Refused with 0xA700 when the disk is short. The caller either commits
-        it or removes it."""
+        when known). Refused with 0xA700 when the disk is short or no file can be created
+        there. The caller either commits it or removes it."""
         self.check_space(incoming)
-        return self.free.take()
+        try:
+            return self.free.take()
+        except OSError as exc:
+            reason = "disk_full" if exc.errno == errno.ENOSPC else "internal"
+            raise RejectedInstance(
+                OUT_OF_RESOURCES, reason, f"cannot create a spool file: {exc}"
+            ) from exc
 
     def commit(self, path: Path) -> None:
         """Make a claimed file's content durable (its name already is)."""

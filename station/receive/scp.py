@@ -284,17 +284,7 @@ class StoreSCP:
         origin = Origin(calling, called, peer, "scp")
         try:
             incoming = self.intake.spool.claim()
-        except OSError as error:
-            exc = RejectedInstance(
-                OUT_OF_RESOURCES,
-                "disk_full" if error.errno == 28 else "internal",
-                f"cannot create a spool file: {error}",
-            )
-        except RejectedInstance as refused:
-            exc = refused
-        else:
-            exc = None
-        if exc is not None:  # the disk is short: read the data set, refuse it
+        except RejectedInstance as exc:  # the disk is short: read the data set, refuse it
             channel.receive_dataset(context_id, lambda _piece: None)
             status, comment = self._refused(exc, origin, {"calling_ae": calling})
             channel.send_command(context_id, response_to(command, status, comment))
