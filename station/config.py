@@ -213,12 +213,11 @@ def load_yaml(path: Path) -> tuple[Any, Callable[[tuple[Any, ...]], int | None]]
         line = current.start_mark.line + 1 if current is not None else None
         for part in loc:
             if isinstance(current, yaml.MappingNode):
-                match = next((v for k, v in current.value if k.value == str(part)), None)
-                key = next((k for k, v in current.value if k.value == str(part)), None)
-                if match is None:
+                pair = next(((k, v) for k, v in current.value if k.value == str(part)), None)
+                if pair is None:
                     break
-                line = key.start_mark.line + 1
-                current = match
+                line = pair[0].start_mark.line + 1
+                current = pair[1]
             elif isinstance(current, yaml.SequenceNode) and isinstance(part, int):
                 if part >= len(current.value):
                     break

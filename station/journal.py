@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from station.records import (
     Batch,
@@ -309,7 +309,7 @@ class Journal:
             " WHERE state='open'",
             (quiet, max_wait),
         )[0]
-        return row["t"]
+        return cast("float | None", row["t"])
 
     def batches_in_state(self, state: str) -> list[int]:
         return [r["id"] for r in self.query("SELECT id FROM batches WHERE state=?", (state,))]
@@ -345,7 +345,7 @@ class Journal:
         state: str,
         reason: str | None,
         labels: dict[str, str],
-        deliveries: list[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]] = (),
+        deliveries: Sequence[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]] = (),
         hooks: Sequence[str] = (),
     ) -> None:
         """Record the router's decision, what each plugin hook decided (``hooks``, for the
@@ -394,7 +394,7 @@ class Journal:
             "SELECT min(next_attempt) AS t FROM deliveries WHERE state='pending' AND destination=?",
             (destination,),
         )[0]
-        return row["t"]
+        return cast("float | None", row["t"])
 
     def failed_instances(self, delivery_id: int) -> dict[str, str]:
         rows = self.query(
@@ -495,7 +495,7 @@ class Journal:
         return {(r["destination"], r["state"]): r["n"] for r in rows}
 
     def spool_bytes(self) -> int:
-        return self.query("SELECT coalesce(sum(size), 0) AS n FROM instances")[0]["n"]
+        return int(self.query("SELECT coalesce(sum(size), 0) AS n FROM instances")[0]["n"])
 
     def expired_batches(self, delivered_before: float) -> list[int]:
         """Batches whose work is finished and older than the retention period."""

@@ -112,8 +112,8 @@ class Plugins:
         if entry_points:
             self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
             for plugin, dist in self.pm.list_plugin_distinfo():
-                name = self.pm.get_name(plugin)
-                self.origins[name] = f"entry point of {dist.project_name} {dist.version}"
+                registered = str(self.pm.get_name(plugin))
+                self.origins[registered] = f"entry point of {dist.project_name} {dist.version}"
         for target in targets:
             for module, origin in _load_target(target):
                 self._add(module.__name__.removeprefix("station_plugin_"), module, origin)
@@ -122,9 +122,10 @@ class Plugins:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            name = self.pm.get_name(exc.plugin)
+            failed = str(self.pm.get_name(exc.plugin))
             known = ", ".join(n for n in vars(hookspecs) if n.startswith("station_"))
-            raise ConfigError(f"{self.origins.get(name, name)}: {exc} (hooks: {known})") from exc
+            where = self.origins.get(failed, failed)
+            raise ConfigError(f"{where}: {exc} (hooks: {known})") from exc
         options = dict(options or {})
         loaded = {name for name, plugin in self.pm.list_name_plugin() if plugin is not None}
         for name in options:

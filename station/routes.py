@@ -106,7 +106,7 @@ class Route(BaseModel):
     def _steps(cls, value: Any) -> Any:
         if not isinstance(value, list):
             return value
-        steps = []
+        steps: list[dict[str, Any]] = []
         for item in value:
             if isinstance(item, str):
                 steps.append({"name": item})
@@ -122,7 +122,7 @@ class Route(BaseModel):
     def matches(self, series: SeriesView) -> bool:
         for key, condition in self.match.items():
             if key == "labels":
-                for label, wanted in condition.items():  # type: ignore[union-attr]
+                for label, wanted in condition.items():
                     if not _holds(wanted, series.labels.get(label)):
                         return False
             elif key in SERIES_KEYS:

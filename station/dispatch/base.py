@@ -46,5 +46,5 @@ def build_destination(
         return DicomDestination(name, config, station_ae)
     if config.type == "folder":
         return FolderDestination(name, config)
-    cls = plugin_types[config.type]
-    return cls(name, config.model_dump())
+    made: Destination = plugin_types[config.type](name, config.model_dump())
+    return made

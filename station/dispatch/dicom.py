@@ -99,9 +99,11 @@ def echo(peer: Peer) -> None:
 def _proposals(sop_class: str, syntax: str) -> list[tuple[str, list[str]]]:
     """The presentation contexts to propose for one SOP class and transfer syntax: the
     original, then (for uncompressed data) the little endian syntaxes to convert to."""
-    contexts = [(sop_class, [syntax])]
+    contexts: list[tuple[str, list[str]]] = [(sop_class, [syntax])]
     if syntax in CONVERTIBLE:
-        fallback = [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts != syntax]
+        fallback: list[str] = [
+            ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts != syntax
+        ]
         contexts.append((sop_class, fallback))
     return contexts
 

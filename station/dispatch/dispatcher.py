@@ -35,7 +35,7 @@ def backoff(attempt: int, retry: RetryConfig, rand: random.Random | None = None)
     """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, capped,
     with +-25 % jitter so that many failed batches do not retry in lockstep."""
     base = min(retry.max_seconds, retry.initial_seconds * 2 ** (attempt - 1))
-    return base * (rand or random).uniform(0.75, 1.25)
+    return float(base * (rand or random).uniform(0.75, 1.25))
 
 
 class Dispatcher:

@@ -45,7 +45,7 @@ class FolderDestination:
 
     def _write(self, inst: Instance, prepare: Prepare) -> Path:
         dataset = prepare(inst) if prepare else None
-        uids = (inst.study_uid, inst.series_uid, inst.sop_uid)
+        uids: tuple[str, ...] = (inst.study_uid, inst.series_uid, inst.sop_uid)
         if dataset is not None:
             # A transform may have given the instance new UIDs: name the file by those.
             changed = tuple(

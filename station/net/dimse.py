@@ -9,11 +9,12 @@ size of an instance, and the encoded bytes are never decoded on the way.
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, cast
 
 from station.net.pdu import (
     ABORT,
@@ -150,7 +151,7 @@ class Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb", buffering=256 * 1024)
+        self.reader = cast(io.BufferedReader, sock.makefile("rb", buffering=256 * 1024))
         self.max_send = 0  # the peer's maximum PDU length; 0 = no limit
         self._pdu_left = 0  # bytes of the current P-DATA-TF not read yet
 

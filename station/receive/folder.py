@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from station.config import WatchConfig
@@ -231,7 +232,7 @@ class DropFolders:
         self.ingestor = ingestor
         self._events: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
         self._candidates: dict[Path, _Candidate] = {}
-        self._observers: list[Observer] = []
+        self._observers: list[BaseObserver] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="drop-folders", daemon=True)
 
