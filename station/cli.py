@@ -51,6 +51,24 @@ ConfigOption = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"station {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """station: receive DICOM, route it per series, forward it reliably."""
+
+
 def fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(1)

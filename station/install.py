@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import site
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +50,17 @@ class Installed:
 
 def source_dir() -> Path:
     """The folder with ``systemd/``, ``examples/`` and ``routes/``: the source tree this
-    module runs from, or ``share/station`` of the installation (where a wheel puts them)."""
-    for base in (Path(__file__).resolve().parents[1], Path(sys.prefix) / "share" / "station"):
+    module runs from, or ``share/station`` of the installation (where a wheel puts them:
+    the venv's or the interpreter's prefix, or the user base of ``pip install --user``)."""
+    candidates = [
+        Path(__file__).resolve().parents[1],
+        *(Path(p) / "share" / "station" for p in (sys.prefix, site.getuserbase())),
+    ]
+    for base in candidates:
         if (base / "systemd" / "station.service").is_file():
             return base
-    raise ConfigError(
-        f"systemd/station.service is neither in the source tree nor in {sys.prefix}/share/station:"
-        " reinstall station"
-    )
+    looked = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"systemd/station.service is in none of {looked}: reinstall station")
 
 
 def station_command() -> str:

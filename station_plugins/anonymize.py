@@ -98,9 +98,9 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
-from station_plugins.uid_remap import PROFILE_EDITION, check_root, element_vr, remap_uids
 
 from station.hookspecs import hookimpl
+from station_plugins.uid_remap import PROFILE_EDITION, check_root, element_vr, remap_uids
 
 if TYPE_CHECKING:
     from station.series import SeriesView

@@ -17,9 +17,9 @@ import pydicom
 from conftest import VALID
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from station_plugins.uid_remap import element_vr
 
 from station.series import SeriesView
+from station_plugins.uid_remap import element_vr
 
 FILES = sorted(VALID.glob("*.dcm"))  # every transfer syntax of the corpus
 

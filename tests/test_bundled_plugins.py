@@ -21,8 +21,9 @@ from conftest import VALID, StationProcess, StoreSCP, dicom_destination, wait_fo
 from plugin_files import Receiver
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from station_plugins.uid_remap import new_uid
 from test_routing import send, settled, write_routes
+
+from station_plugins.uid_remap import new_uid
 
 CT = VALID / "CT_small.dcm"  # CompressedSamples^CT1, ID 1CT1, StudyDate 20040119
 MR = VALID / "MR_small.dcm"  # ImageType DERIVED\SECONDARY: dropped by tag-filter

@@ -16,11 +16,11 @@ import pytest
 from conftest import VALID
 from plugin_files import FILES, QUIET, read, series_of, walk, written
 from pydicom.dataset import Dataset
-from station_plugins import anonymize as plugin
-from station_plugins.uid_remap import new_uid
 
 from station.errors import ConfigError
 from station.plugins import Plugins
+from station_plugins import anonymize as plugin
+from station_plugins.uid_remap import new_uid
 
 pytestmark = pytest.mark.filterwarnings(*QUIET)
 SALT = "project secret"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from conftest import VALID
 from plugin_files import FILES, QUIET, read, series_of, written
-from station_plugins import private_tags as plugin
 
 from station.errors import ConfigError
 from station.plugins import Plugins
+from station_plugins import private_tags as plugin
 
 pytestmark = pytest.mark.filterwarnings(*QUIET)
 

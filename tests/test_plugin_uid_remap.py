@@ -10,10 +10,10 @@ from conftest import VALID
 from plugin_files import FILES, QUIET, read, series_of, walk, written
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from station_plugins import uid_remap as plugin
 
 from station.errors import ConfigError
 from station.plugins import Plugins
+from station_plugins import uid_remap as plugin
 
 pytestmark = pytest.mark.filterwarnings(*QUIET)
 ROOT = "1.3.6.1.4.1.45037"

@@ -37,7 +37,7 @@ CT = VALID / "CT_small.dcm"
 MR = VALID / "MR_small.dcm"
 # The same MR instance (one SOP Instance UID) in six transfer syntaxes.
 MR_COPIES = sorted(VALID.glob("MR_small*.dcm"))
-SET_TAGS = Path(__file__).resolve().parents[1] / "plugins" / "set_tags.py"
+SET_TAGS = Path(__file__).resolve().parents[1] / "station_plugins" / "set_tags.py"
 ALL = [{"name": "everything", "destinations": ["pacs"]}]
 
 
