@@ -71,7 +71,8 @@ def no_fsync() -> None:
 
     from station.journal import Journal
 
-    os.fsync = lambda fd: None  # type: ignore[assignment]
+    # The spool makes data durable with fdatasync and folders with fsync: stub both.
+    os.fsync = os.fdatasync = lambda fd: None  # type: ignore[assignment]
     init = Journal.__init__
 
     def unsynced(self: Journal, *args: Any, **kwargs: Any) -> None:

@@ -175,10 +175,6 @@ class StationConfig(Model):
                 raise ValueError(f"destination name {name!r}: use letters, digits, '-', '_', '.'")
         return value
 
-    @property
-    def storage_path(self) -> Path:
-        return self.storage.path
-
 
 def default_destinations(config: StationConfig) -> dict[str, DestinationConfig]:
     """The destinations in force: the configured ones, or one folder under the storage."""

@@ -266,16 +266,6 @@ class Spool:
         finally:
             os.close(fd)
 
-    def used_bytes(self) -> int:
-        total = 0
-        for dirpath, _dirs, files in os.walk(self.files):
-            for name in files:
-                try:
-                    total += os.stat(os.path.join(dirpath, name)).st_size
-                except FileNotFoundError:
-                    continue
-        return total
-
     def remove(self, path: Path) -> None:
         """Remove a spool file, and its series folder once empty."""
         try:
