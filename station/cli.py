@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from station.inputs import input_files
 from station.install import hidden_paths, install_service
 from station.journal import Journal
 from station.logs import LogFormat, setup_logging
+from station.preflight import port_problems, storage_problem
 from station.preview import render, route, summarize
 from station.records import Instance
 from station.scaffold import new_plugin
@@ -101,6 +103,13 @@ def run(
             "study_uid, series_uid, calling_ae)."
         ),
     ] = LogFormat.human,
+    host: Annotated[
+        str | None, typer.Option(help="Address the SCP listens on (overrides listen.host).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="SCP port, 0 for any free one (listen.port)."),
+    ] = None,
 ) -> None:
     """Run the service: DICOM SCP, series assembly, routing, dispatch and /metrics.
 
@@ -109,6 +118,10 @@ def run(
     setup_logging(log_level, log_format)
     # In JSON mode what it listens on is logged too, so that every line is JSON.
     say = logging.getLogger(__name__).info if log_format is LogFormat.json else typer.echo
+    # The options are environment overrides, so that a reload (SIGHUP) keeps them too.
+    for name, value in (("STATION_LISTEN__HOST", host), ("STATION_LISTEN__PORT", port)):
+        if value is not None:
+            os.environ[name] = str(value)
     settings = _config(config)
     notifier = Notifier()
     try:
@@ -122,9 +135,8 @@ def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
-    listen = settings.listen
     say(f"station {__version__} ({settings.source or 'built-in defaults'})")
-    say(f"DICOM SCP {settings.ae_title} listening on {listen.host}:{station.scp.port}")
+    say(f"DICOM SCP {settings.ae_title} listening on {settings.listen.host}:{station.scp.port}")
     if station.http:
         say(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
     say(f"storage {settings.storage.path}")
@@ -155,6 +167,10 @@ def check(config: ConfigOption = None) -> None:
         setup = load_setup(settings)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    problems = port_problems(settings)
+    problem = storage_problem(settings.storage.path)
+    if problems or problem:
+        raise fail("\n".join([*problems, *([problem] if problem else [])]))
     typer.echo(f"{settings.source or 'built-in defaults'}: ok")
     typer.echo(f"  destinations: {', '.join(setup.destinations)}")
     typer.echo(f"  routes: {', '.join(r.name for r in setup.routes)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -231,8 +231,11 @@ def format_validation_error(
     path: Path | str,
     line_of: Callable[[tuple[Any, ...]], int | None] | None = None,
     prefix: tuple[Any, ...] = (),
+    origin: Callable[[tuple[Any, ...]], str | None] | None = None,
 ) -> str:
-    """One line per problem: ``file:line: key.path: what is wrong (got value)``."""
+    """One line per problem: ``file:line: key.path: what is wrong (got value)``; where
+    ``origin`` names the environment variable behind a key, that variable instead of the
+    file."""
     lines = []
     for error in exc.errors():
         loc = tuple(error["loc"])
@@ -250,6 +253,9 @@ def format_validation_error(
                 full, message, refined = deeper, rest, True
         line = line_of(full) if line_of else None
         where = f"{path}:{line}" if line else f"{path}"
+        variable = origin(full) if origin else None
+        if variable:
+            where = f"environment variable {variable}"
         key = ".".join(str(p) for p in full) or "(top level)"
         if error["type"] == "extra_forbidden":
             message = "unknown key"
@@ -289,6 +295,34 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             target = target.setdefault(key, {})
         target[keys[-1]] = value
     return overrides
+
+
+def _variable_behind(
+    data: Mapping[str, Any], environ: Mapping[str, str]
+) -> Callable[[tuple[Any, ...]], str | None]:
+    """For a key path with a problem: the ``STATION_*`` variable that set it, or that made
+    the section it lies in (``STATION_DESTINATIONS__PACS__PORT`` without a destination
+    ``pacs`` in the file), else None."""
+    variables = {name: keys for name in environ if (keys := _override_keys(name))}
+
+    def in_file(path: Sequence[Any]) -> bool:
+        node: Any = data
+        for key in path:
+            if not isinstance(node, Mapping) or str(key) not in node:
+                return False
+            node = node[str(key)]
+        return True
+
+    def behind(loc: tuple[Any, ...]) -> str | None:
+        for name, keys in variables.items():
+            common = 0
+            while common < min(len(loc), len(keys)) and str(loc[common]) == keys[common]:
+                common += 1
+            if common and (common == len(keys) or not in_file(keys[:common])):
+                return name
+        return None
+
+    return behind
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,9 +389,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     try:
         config = StationConfig.model_validate(merged)
     except ValidationError as exc:
-        if overrides:
-            env_keys = ", ".join(n for n in environ if _override_keys(n))
-            source = f"{source} (with environment {env_keys})"
-        raise ConfigError(format_validation_error(exc, source, line_of)) from exc
+        origin = _variable_behind(data, environ)
+        raise ConfigError(format_validation_error(exc, source, line_of, origin=origin)) from exc
     base = path.resolve().parent if path else Path.cwd()
     return _resolve_paths(config, base).model_copy(update={"source": path})

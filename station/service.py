@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from station.errors import ConfigError
 from station.journal import Journal
 from station.metrics import Metrics, MetricsServer
 from station.plugins import Plugins
+from station.preflight import bind_problem, storage_problem
 from station.receive.folder import DropFolders, Ingestor
 from station.receive.intake import Intake
 from station.receive.scp import StoreSCP
@@ -94,9 +96,16 @@ class Station:
         self.plugins = setup.plugins
         self.plugins.metrics = self.metrics
         self.routes = setup.routes
-        self.spool = Spool(config.storage.path, config.storage.min_free_bytes)
+        storage = config.storage.path
+        problem = storage_problem(storage)
+        if problem:
+            raise ConfigError(problem)
+        try:
+            self.spool = Spool(storage, config.storage.min_free_bytes)
+            self.journal = Journal(storage / "journal.sqlite")
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"storage {storage}: cannot be set up: {exc}") from exc
         self.metrics.spool_min_free_bytes.set(config.storage.min_free_bytes)
-        self.journal = Journal(config.storage.path / "journal.sqlite")
         self.destinations: dict[str, Destination] = {
             name: build_destination(name, dest, self.plugins.destination_types, config.ae_title)
             for name, dest in setup.destinations.items()
@@ -121,9 +130,11 @@ class Station:
         self.drop_folders = DropFolders(config.watch, Ingestor(intake, config.ae_title))
         self.http: MetricsServer | None = None
         if config.metrics.enabled:
-            self.http = MetricsServer(
-                self.metrics, config.metrics.host, config.metrics.port, self.health
-            )
+            host, port = config.metrics.host, config.metrics.port
+            try:
+                self.http = MetricsServer(self.metrics, host, port, self.health)
+            except OSError as exc:
+                raise ConfigError(bind_problem("metrics.port", host, port, exc)) from exc
         self._stop = threading.Event()
         self._housekeeper = threading.Thread(
             target=self._housekeep, name="housekeeping", daemon=True
@@ -175,11 +186,15 @@ class Station:
 
     def start(self) -> None:
         self.recover()
+        try:  # first: a port in use stops the start before any worker runs
+            self.scp.start()
+        except OSError as exc:
+            listen = self.config.listen
+            raise ConfigError(bind_problem("listen.port", listen.host, listen.port, exc)) from exc
         if self.http:
             self.http.start()
         self.dispatcher.start()
         self.assembler.start()
-        self.scp.start()
         if self.config.watch:
             self.drop_folders.start()
         self._housekeeper.start()

@@ -7,10 +7,12 @@ send) run as subprocesses against a real DCMTK storescp, as a user would run the
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -18,6 +20,7 @@ import pytest
 from conftest import MALFORMED, VALID, StoreSCP, free_port
 from typer.testing import CliRunner, Result
 
+from station import __version__ as station_version
 from station.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +96,49 @@ def test_check_on_built_in_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "built-in defaults: ok" in result.stdout
     assert "destinations: local-folder" in result.stdout
     assert "set-tags" in result.stdout  # the bundled plugin, from its entry point
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port another process would hold: bound and listening on 127.0.0.1."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+def test_check_names_a_port_in_use(tmp_path: Path, held_port: int) -> None:
+    cfg = write(
+        tmp_path / "station.yaml",
+        f"""
+        storage: data
+        listen: {{host: 127.0.0.1, port: 0}}
+        metrics: {{host: 127.0.0.1, port: {held_port}}}
+        """,
+    )
+    result = cli("check", "--config", str(cfg))
+    assert result.exit_code == 1
+    assert result.output == f"error: metrics.port 127.0.0.1:{held_port} is in use\n"
+
+
+def test_check_names_a_storage_that_cannot_be_made(tmp_path: Path) -> None:
+    write(tmp_path / "a-file", "not a folder\n")
+    cfg = write(tmp_path / "station.yaml", "storage: a-file/data\nlisten: {port: 0}\n")
+    result = cli("check", "--config", str(cfg))
+    assert result.exit_code == 1
+    assert f"storage {tmp_path}/a-file/data: {tmp_path}/a-file is not a folder" in result.output
+
+
+@pytest.mark.e2e
+def test_run_names_the_port_in_use_and_takes_port_options(tmp_path: Path, held_port: int) -> None:
+    cfg = write(tmp_path / "station.yaml", "storage: data\nmetrics: {enabled: false}\n")
+    result = station("run", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(held_port))
+    assert result.returncode == 1
+    assert result.stderr == f"error: listen.port 127.0.0.1:{held_port} is in use\n"
+
+
+def test_version() -> None:
+    result = cli("--version")
+    assert result.exit_code == 0
+    assert result.output == f"station {station_version}\n"
 
 
 def broken_setup(tmp_path: Path) -> Path:

@@ -293,8 +293,24 @@ def test_environment_variables_that_name_no_key_are_not_overrides() -> None:
 def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     cfg = write(tmp_path / "station.yaml", "listen: {port: 104}\n")
     (message,) = config_error(cfg, {"STATION_LISTEN__PORT": "abc", "STATION_CONFIG": str(cfg)})
-    assert message.startswith(f"{cfg} (with environment STATION_LISTEN__PORT):")  # not CONFIG
-    assert "listen.port: Input should be a valid integer" in message
+    assert message.startswith("environment variable STATION_LISTEN__PORT: listen.port: ")
+    assert "Input should be a valid integer" in message  # and not STATION_CONFIG
+
+
+def test_a_variable_naming_a_destination_no_config_defines_is_named(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "station.yaml", "listen: {port: 104}\n")
+    environ = {"STATION_DESTINATIONS__PACS__PORT": "104", "STATION_LISTEN__HOST": "127.0.0.1"}
+    (message,) = config_error(cfg, environ)
+    assert message == (
+        "environment variable STATION_DESTINATIONS__PACS__PORT: destinations.pacs.type: "
+        "required key is missing"
+    )
+
+
+def test_a_problem_in_the_file_is_not_blamed_on_a_variable(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "station.yaml", "listen: {port: 104, host: [1]}\n")
+    (message,) = config_error(cfg, {"STATION_LISTEN__PORT": "105"})
+    assert message.startswith(f"{cfg}:1: listen.host: ")
 
 
 # --- route files -------------------------------------------------------------------------
