@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,12 +27,6 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 class BenchError(RuntimeError):
     """A scenario could not run as intended (a peer did not start, files did not arrive)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(
@@ -48,9 +43,39 @@ def wait_until(
         time.sleep(interval)
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((HOST, port)) == 0
+# DCMTK's storescp refuses port 0 ("underflow"). It is given a random port below the
+# kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default), where a
+# port-0 bind never lands, and started again on another one when that one is taken: a port
+# counts as its own only once /proc shows storescp itself listening on it.
+FIXED_PORTS = range(20000, 32768)
+IN_USE = "Address already in use"
+
+
+def fixed_ports(attempts: int = 20) -> list[int]:
+    """Ports to try, in turn, for a program that cannot bind port 0 (see FIXED_PORTS)."""
+    return random.sample(FIXED_PORTS, attempts)
+
+
+def held_port() -> socket.socket:
+    """A socket bound to one of FIXED_PORTS on HOST that does not listen: connections to the
+    port are refused while it is open (a closed port could be taken meanwhile), and once it
+    is closed the port can be handed to a program such as storescp."""
+    for port in fixed_ports():
+        sock = socket.socket()
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            sock.close()
+            continue
+        return sock
+    raise BenchError("every port tried was in use")
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A port on HOST where a connection is refused, for as long as the context lasts."""
+    with held_port() as sock:
+        yield int(sock.getsockname()[1])
 
 
 # --- /proc ----------------------------------------------------------------------------------
@@ -66,6 +91,25 @@ def _status_kib(pid: int, field: str) -> int:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on: the socket inodes among its open files
+    (/proc/<pid>/fd) in the LISTEN rows of /proc/<pid>/net/tcp and tcp6. Empty once the
+    process is gone."""
+    try:
+        targets = [os.readlink(entry.path) for entry in os.scandir(f"/proc/{pid}/fd")]
+        inodes = {t[len("socket:[") : -1] for t in targets if t.startswith("socket:[")}
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                for row in fh.read().splitlines()[1:]:
+                    fields = row.split()  # sl local_address rem_address st ... inode
+                    if fields[3] == "0A" and fields[9] in inodes:
+                        ports.add(int(fields[1].rpartition(":")[2], 16))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return set()
+    return ports
 
 
 def peak_rss(pid: int) -> int:
@@ -273,13 +317,22 @@ class Processes:
 def start_storescp(
     procs: Processes, name: str, folder: Path, ae_title: str, extra: Sequence[str] = ()
 ) -> tuple[Proc, int]:
-    """DCMTK storescp writing what it receives, bit-preserved, into ``folder``."""
+    """DCMTK storescp writing what it receives, bit-preserved, into ``folder``, on a port of
+    its own (see FIXED_PORTS)."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    args = [STORESCP, "-aet", ae_title, "-od", str(folder), "+xa", *extra, str(port)]
-    proc = procs.start(name, args, env=DCMTK_ENV)
-    wait_until(lambda: proc.check_running() or listening(port), 10, f"{name} on port {port}")
-    return proc, port
+    for port in fixed_ports():
+        args = [STORESCP, "-aet", ae_title, "-od", str(folder), "+xa", *extra, str(port)]
+        proc = procs.start(name, args, env=DCMTK_ENV)
+        wait_until(
+            lambda: not proc.running() or port in listening_ports(proc.pid),  # noqa: B023
+            10,
+            f"{name} on port {port}",
+        )
+        if proc.running():
+            return proc, port
+        if IN_USE not in proc.log():
+            proc.check_running()
+    raise BenchError(f"{name}: every port tried was in use")
 
 
 def storescu_args(
@@ -330,14 +383,18 @@ def start_orthanc(
     destination: tuple[str, int],
     stop_signal: int = signal.SIGTERM,
 ) -> tuple[Proc, int]:
-    """Our own Orthanc (see orthanc_config). Its orderly shutdown takes 1.5 s; ``stop_signal``
-    SIGKILL skips it (its storage is a scratch folder)."""
-    port = free_port()
-    config = orthanc_config(workdir, port, destination)
+    """Our own Orthanc (see orthanc_config) on the port it picks itself (DicomPort 0), read
+    from /proc. Its orderly shutdown takes 1.5 s; ``stop_signal`` SIGKILL skips it (its
+    storage is a scratch folder)."""
+    config = orthanc_config(workdir, 0, destination)
     args = [ORTHANC, str(config)]
     proc = procs.start("orthanc", args, env=DCMTK_ENV, cwd=workdir, stop_signal=stop_signal)
-    wait_until(lambda: proc.check_running() or listening(port), 60, f"Orthanc on port {port}")
-    return proc, port
+
+    def port() -> int | None:
+        proc.check_running()
+        return next(iter(listening_ports(proc.pid)), None)  # DICOM only: no HTTP server
+
+    return proc, wait_until(port, 60, "Orthanc to listen")
 
 
 LISTENING = re.compile(r"listening on [\d.]+:(\d+)")

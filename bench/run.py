@@ -63,8 +63,8 @@ from peers import (
     count_tree,
     cpu_busy_seconds,
     cpu_seconds,
-    free_port,
     peak_rss,
+    refused_port,
     start_orthanc,
     start_profiler,
     start_station,
@@ -349,17 +349,21 @@ def run_station_legs(corpus: Corpus, work: Path, procs: Processes, opts: Options
     """The receive leg (nothing dispatched: the destination is down and the quiet period
     long), then the send leg: the same spool, the station restarted with the destination up."""
     storage = work / "data"
-    config = station_config(work, storage, free_port(), 3600, opts)
-    receiver, port = start_station(procs, "station-recv", config, opts.station, station_env(opts))
-    profile(procs, receiver, corpus, opts)
-    cpu = cpu_seconds(receiver.pid)
-    t0, scus = send(procs, corpus, port, "STATION", opts.senders)
-    wait_all(scus, opts.timeout)
-    t1 = time.monotonic()
-    cpu = cpu_seconds(receiver.pid) - cpu
-    spooled = count_tree(storage / "spool")
-    recv = Outcome(t1 - t0, spooled, peak_rss(receiver.pid), "station (receiver)", {"cpu_s": cpu})
-    receiver.stop()
+    with refused_port() as down:
+        config = station_config(work, storage, down, 3600, opts)
+        receiver, port = start_station(
+            procs, "station-recv", config, opts.station, station_env(opts)
+        )
+        profile(procs, receiver, corpus, opts)
+        cpu = cpu_seconds(receiver.pid)
+        t0, scus = send(procs, corpus, port, "STATION", opts.senders)
+        wait_all(scus, opts.timeout)
+        t1 = time.monotonic()
+        cpu = cpu_seconds(receiver.pid) - cpu
+        spooled = count_tree(storage / "spool")
+        rss = peak_rss(receiver.pid)
+        recv = Outcome(t1 - t0, spooled, rss, "station (receiver)", {"cpu_s": cpu})
+        receiver.stop()
     if receiver.popen.returncode != 0:
         raise BenchError(f"station exited with {receiver.popen.returncode}: {tail(receiver)}")
     out = work / "out"

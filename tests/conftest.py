@@ -21,8 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import peers
 import pytest
 import yaml
+from peers import DCMTK_ENV, IN_USE, STORESCP, STORESCU, fixed_ports, listening_ports
 from pydicom import dcmread
 
 DATA = Path(
@@ -33,22 +35,22 @@ DATA = Path(
 VALID = DATA / "valid"
 MALFORMED = DATA / "malformed"
 
+# Tests that read the shared DICOM corpus skip without it; the others run all the same.
+needs_corpus = pytest.mark.skipif(
+    not VALID.is_dir() or not MALFORMED.is_dir(),
+    reason=f"test data not found: {DATA} has no valid/ and malformed/ folders. The tests use "
+    "the shared DICOM corpus beside the repository (../shared/data/dicom); set "
+    "STATION_TEST_DATA to its path.",
+)
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Stop at once, with the reason, when the DICOM corpus is not where the tests look."""
-    if not VALID.is_dir() or not MALFORMED.is_dir():
-        pytest.exit(
-            f"test data not found: {DATA} has no valid/ and malformed/ folders. The tests use "
-            "the shared DICOM corpus beside the repository (../shared/data/dicom); set "
-            "STATION_TEST_DATA to its path.",
-            returncode=1,
-        )
-
-
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-STORESCP = "/usr/bin/storescp"
-STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
+
+
+def dcmtk(tool: str) -> str:
+    """``tool`` (a DCMTK program's path), or skip the test when DCMTK is not installed."""
+    if not os.access(tool, os.X_OK):
+        pytest.skip(f"{tool} not found: install DCMTK (Debian package dcmtk)")
+    return tool
 
 
 def wait_for(
@@ -68,55 +70,83 @@ def wait_for(
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for the whole test (see peers)."""
+    with peers.refused_port() as port:
+        yield port
 
 
 class StoreSCP:
     """DCMTK storescp writing every received instance, bit-preserved, into ``folder``."""
 
-    def __init__(self, folder: Path, ae_title: str = "PACS", extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, folder: Path, ae_title: str = "PACS", extra: tuple[str, ...] = (), port: int = 0
+    ) -> None:
         self.folder = folder
         self.ae_title = ae_title
         self.extra = extra
-        self.port = free_port()
+        self.port = port  # 0: one of peers.fixed_ports()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.held: socket.socket | None = None
 
-    def start(self) -> StoreSCP:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                STORESCP,
-                "-aet",
-                self.ae_title,
-                "-od",
-                str(self.folder),
-                "+xa",
-                "+B",
-                "-uf",
-                *self.extra,
-                str(self.port),
-            ],
-            env=DCMTK_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        wait_for(self._listening, 10, message=f"storescp on port {self.port}")
+    def reserve(self) -> StoreSCP:
+        """Take this storescp's port before starting it: while it is down, connections to
+        the port are refused; ``start()`` hands the port over."""
+        self.held = peers.held_port()
+        self.port = self.held.getsockname()[1]
         return self
 
-    def _listening(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            pytest.fail(f"storescp exited: {self.proc.stderr.read().decode()}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+    def start(self) -> StoreSCP:
+        """Start storescp on ``port``, or on a port of its own: it refuses port 0, so it is
+        given one of ``peers.fixed_ports()`` after the other until /proc shows it listening."""
+        storescp = dcmtk(STORESCP)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.release()
+        for port in [self.port] if self.port else fixed_ports():
+            self.proc = subprocess.Popen(
+                [
+                    storescp,
+                    "-aet",
+                    self.ae_title,
+                    "-od",
+                    str(self.folder),
+                    "+xa",
+                    "+B",
+                    "-uf",
+                    *self.extra,
+                    str(port),
+                ],
+                env=DCMTK_ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            proc = self.proc
+            wait_for(
+                lambda: proc.poll() is not None or port in listening_ports(proc.pid),  # noqa: B023
+                10,
+                message=f"storescp on port {port}",
+            )
+            if proc.poll() is None:
+                self.port = port
+                return self
+            assert proc.stderr is not None
+            error = proc.stderr.read().decode()
+            if self.port or IN_USE not in error:
+                pytest.fail(f"storescp exited with {proc.returncode}: {error}")
+        pytest.fail("storescp: every port tried was in use")
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.rglob("*") if p.is_file())
 
+    def release(self) -> None:
+        """Let go of the port ``reserve()`` took."""
+        if self.held is not None:
+            self.held.close()
+            self.held = None
+
     def stop(self) -> None:
+        self.release()
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -124,6 +154,11 @@ class StoreSCP:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# What `station run` prints once it listens (it binds port 0 in the tests: these say where).
+LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
+METRICS = re.compile(r"metrics on http://[\d.]+:(\d+)/")
 
 
 class StationProcess:
@@ -158,7 +193,7 @@ class StationProcess:
             )
         match = wait_for(self._ready, 30, message="station to listen")
         self.port = int(match.group(1))
-        metrics = re.search(r"metrics on http://[\d.]+:(\d+)/", self.run_log())
+        metrics = METRICS.search(self.run_log())
         self.metrics_port = int(metrics.group(1)) if metrics else 0
         return self
 
@@ -166,7 +201,7 @@ class StationProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             pytest.fail(f"station exited with {self.proc.returncode}:\n{self.log()}")
-        matches = list(re.finditer(r"listening on [\d.]+:(\d+)", self.run_log()))
+        matches = list(LISTENING.finditer(self.run_log()))
         return matches[-1] if matches else None
 
     def restart(self) -> StationProcess:
@@ -274,7 +309,7 @@ def storescu_command(
     """The storescu command line, proposing for each file exactly the transfer syntax it is in
     (the association profile is written to ``profile``)."""
     return [
-        STORESCU,
+        dcmtk(STORESCU),
         "-aet",
         aet,
         "-aec",

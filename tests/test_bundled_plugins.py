@@ -17,7 +17,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
-from conftest import VALID, StationProcess, StoreSCP, dicom_destination, wait_for
+from conftest import VALID, StationProcess, StoreSCP, dicom_destination, needs_corpus, wait_for
 from plugin_files import Receiver
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -86,6 +86,8 @@ def receiver() -> Iterator[Receiver]:
     server.stop()
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_anonymized_remapped_tagged_copies_reach_the_pacs(
     tmp_path: Path, pacs: StoreSCP, start_station: Any, receiver: Receiver
 ) -> None:
@@ -127,6 +129,7 @@ def test_anonymized_remapped_tagged_copies_reach_the_pacs(
     assert "CompressedSamples" not in json.dumps(notices)
 
 
+@needs_corpus
 def test_preview_shows_each_transform_and_check_names_a_bad_option(tmp_path: Path) -> None:
     folder = tmp_path / "input"
     second_series(folder)

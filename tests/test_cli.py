@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import MALFORMED, VALID, StoreSCP, free_port
+from conftest import MALFORMED, VALID, StoreSCP, needs_corpus
 from typer.testing import CliRunner, Result
 
 from station import __version__ as station_version
@@ -203,6 +203,7 @@ def test_check_reports_a_plugin_that_does_not_import(tmp_path: Path) -> None:
 # --- echo --------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_echo_a_real_storescp(pacs: StoreSCP, tmp_path: Path) -> None:
     result = station("echo", f"127.0.0.1:{pacs.port}", "--aet", "PACS")
     assert result.returncode == 0, result.stderr
@@ -224,8 +225,8 @@ def test_echo_a_real_storescp(pacs: StoreSCP, tmp_path: Path) -> None:
     assert "destination 'archive' is of type folder, not dicom" in result.stderr
 
 
-def test_echo_a_closed_port() -> None:
-    port = free_port()
+def test_echo_a_closed_port(refused_port: int) -> None:
+    port = refused_port
     result = station("echo", f"127.0.0.1:{port}", "--aet", "PACS")
     assert result.returncode == 1
     assert result.stdout == ""
@@ -244,6 +245,8 @@ def test_echo_something_that_is_no_destination(tmp_path: Path) -> None:
 # --- send --------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_send_a_folder_with_subfolders(pacs: StoreSCP, tmp_path: Path) -> None:
     study = tmp_path / "study"
     for index, name in enumerate(SENDABLE):
@@ -256,6 +259,8 @@ def test_send_a_folder_with_subfolders(pacs: StoreSCP, tmp_path: Path) -> None:
     assert sop_uids(pacs.files()) == sop_uids([VALID / n for n in SENDABLE])
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_send_a_zip_with_nested_folders(pacs: StoreSCP, tmp_path: Path) -> None:
     archive = tmp_path / "export.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
@@ -268,6 +273,8 @@ def test_send_a_zip_with_nested_folders(pacs: StoreSCP, tmp_path: Path) -> None:
     assert sop_uids(pacs.files()) == sop_uids([VALID / n for n in SENDABLE])
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_send_skips_and_reports_what_is_not_dicom(pacs: StoreSCP, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -291,8 +298,8 @@ def test_send_skips_and_reports_what_is_not_dicom(pacs: StoreSCP, tmp_path: Path
     assert sop_uids(pacs.files()) == expected
 
 
-def test_send_nothing_sendable(tmp_path: Path) -> None:
-    port = free_port()  # never reached: there is nothing to send
+def test_send_nothing_sendable(tmp_path: Path, refused_port: int) -> None:
+    port = refused_port  # never reached: there is nothing to send
     text = write(tmp_path / "notes.txt", "hello\n")
     result = cli("send", str(text), "--to", f"127.0.0.1:{port}")
     assert result.exit_code == 1
@@ -300,8 +307,9 @@ def test_send_nothing_sendable(tmp_path: Path) -> None:
     assert "nothing to send: no DICOM files found" in result.stderr
 
 
-def test_send_to_a_closed_port(tmp_path: Path) -> None:
-    port = free_port()
+@needs_corpus
+def test_send_to_a_closed_port(refused_port: int) -> None:
+    port = refused_port
     result = station("send", str(VALID / "CT_small.dcm"), "--to", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and f"127.0.0.1:{port}" in result.stderr

@@ -21,6 +21,7 @@ from conftest import (
     VALID,
     StoreSCP,
     dicom_destination,
+    needs_corpus,
     storescu,
     storescu_successes,
     wait_for,
@@ -33,9 +34,10 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.tag import BaseTag
 
 # Real-world values that break VR rules (over-long LO, UI with a leading zero) are expected.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:(Invalid value for VR|The value length):UserWarning"
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.filterwarnings("ignore:(Invalid value for VR|The value length):UserWarning"),
+]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 TRAILING_PADDING = 0xFFFCFFFC
@@ -127,6 +129,7 @@ def send_rounds(files: list[Path]) -> list[list[Path]]:
     return rounds
 
 
+@needs_corpus
 def test_every_valid_file_arrives_unchanged(tmp_path, pacs, start_station):
     files = sorted(p for p in VALID.glob("*.dcm") if p.name not in NOT_STORABLE)
     syntaxes = {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in files}

@@ -19,6 +19,7 @@ from conftest import (
     StationProcess,
     StoreSCP,
     dicom_destination,
+    needs_corpus,
     storescu,
     storescu_successes,
     wait_for,
@@ -28,7 +29,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 
-pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
+]
 
 FAST_RETRY = {"max_attempts": 10, "initial_seconds": 0.5, "max_seconds": 1}
 SUCCESS = 0x0000
@@ -115,8 +119,9 @@ def make_instances(folder: Path, count: int) -> dict[Path, str]:
     return made
 
 
+@needs_corpus
 def test_destination_down_at_first_then_up(tmp_path, start_station):
-    pacs = StoreSCP(tmp_path / "pacs")  # its port is chosen, nothing listens there yet
+    pacs = StoreSCP(tmp_path / "pacs").reserve()  # down: its port refuses connections
     config: dict[str, Any] = {"destinations": {"pacs": dicom_destination(pacs, retry=FAST_RETRY)}}
     station = start_station(config)
     try:
@@ -146,12 +151,12 @@ def test_destination_down_at_first_then_up(tmp_path, start_station):
         pacs.stop()
 
 
+@needs_corpus
 def test_refused_association_dead_letters_and_retry_delivers(tmp_path, start_station):
     # DCMTK's storescp answers any called AE title, so an AE title mismatch is no refusal;
     # --refuse rejects every association (Rejected Permanent, by the service user).
     refusing = StoreSCP(tmp_path / "refusing", extra=("--refuse",)).start()
-    pacs = StoreSCP(tmp_path / "pacs")
-    pacs.port = refusing.port
+    pacs = StoreSCP(tmp_path / "pacs", port=refusing.port)
     retry = {"max_attempts": 2, "initial_seconds": 0.2, "max_seconds": 0.2}
     station = start_station({"destinations": {"pacs": dicom_destination(refusing, retry=retry)}})
     try:
@@ -193,6 +198,7 @@ def test_refused_association_dead_letters_and_retry_delivers(tmp_path, start_sta
         pacs.stop()
 
 
+@needs_corpus
 def test_an_instance_the_peer_aborts_on_does_not_hold_back_its_series(
     tmp_path, pacs, start_station
 ):
@@ -223,6 +229,7 @@ def test_an_instance_the_peer_aborts_on_does_not_hold_back_its_series(
     assert arrived_uids(pacs, cache) == set(good)
 
 
+@needs_corpus
 def test_unknown_calling_ae_is_rejected(pacs, start_station):
     listen = {"host": "127.0.0.1", "port": 0, "allowed_calling_aes": ["SCANNER1"]}
     station = start_station({"listen": listen, "destinations": {"pacs": dicom_destination(pacs)}})
@@ -243,6 +250,7 @@ def test_unknown_calling_ae_is_rejected(pacs, start_station):
     assert "rejected association from 'INTRUDER'" in station.log()
 
 
+@needs_corpus
 def test_bad_input_is_refused_and_the_service_keeps_serving(tmp_path, pacs, start_station):
     station = start_station({"destinations": {"pacs": dicom_destination(pacs)}})
     storage = station.workdir / "data"
@@ -298,6 +306,7 @@ def test_bad_input_is_refused_and_the_service_keeps_serving(tmp_path, pacs, star
     assert not (tmp_path / "outside").exists() and not (station.workdir / "etc").exists()
 
 
+@needs_corpus
 def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path, pacs, start_station):
     made = make_instances(tmp_path / "outgoing", 200)
     station = start_station({"destinations": {"pacs": dicom_destination(pacs)}})
@@ -327,8 +336,9 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path, pacs, star
     )
 
 
+@needs_corpus
 def test_sigterm_stops_cleanly_and_pending_work_resumes(tmp_path, start_station):
-    pacs = StoreSCP(tmp_path / "pacs")  # down while the station runs the first time
+    pacs = StoreSCP(tmp_path / "pacs").reserve()  # down while the station runs the first time
     station = start_station({"destinations": {"pacs": dicom_destination(pacs, retry=FAST_RETRY)}})
     try:
         sent = storescu(station.port, [VALID / "CT_small.dcm"], extra=("-v",))

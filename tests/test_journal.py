@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import VALID, storescu, wait_for
+from conftest import VALID, needs_corpus, storescu, wait_for
 from pydicom.uid import generate_uid
 
 from station.errors import RejectedInstance
@@ -102,6 +102,7 @@ def test_invalid_uids_are_never_paths(value: object) -> None:
     assert not is_uid(value)
 
 
+@needs_corpus
 def test_instance_with_path_traversal_uid_is_refused(tmp_path: Path) -> None:
     path = copy_with(tmp_path, "bad.dcm", SeriesInstanceUID="../../../tmp/evil")
     with pytest.raises(RejectedInstance) as caught:
@@ -110,6 +111,7 @@ def test_instance_with_path_traversal_uid_is_refused(tmp_path: Path) -> None:
     assert "Series Instance UID" in str(caught.value)
 
 
+@needs_corpus
 def test_same_sop_instance_twice_is_stored_once_later_copy_wins(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "store", 0)
     journal = Journal(tmp_path / "store" / "journal.sqlite")
@@ -128,6 +130,7 @@ def test_same_sop_instance_twice_is_stored_once_later_copy_wins(tmp_path: Path) 
     assert pydicom.dcmread(instances[0].path).InstitutionName == "SECOND"
 
 
+@needs_corpus
 def test_quiet_period_completes_a_batch_and_late_instances_open_a_new_one(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "store", 0)
     journal = Journal(tmp_path / "store" / "journal.sqlite")
@@ -159,6 +162,7 @@ def test_quiet_period_completes_a_batch_and_late_instances_open_a_new_one(tmp_pa
     assert len(journal.instances(first)) == 2 and len(journal.instances(late)) == 1
 
 
+@needs_corpus
 def test_max_wait_completes_a_batch_that_never_goes_quiet(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "store", 0)
     journal = Journal(tmp_path / "store" / "journal.sqlite")
@@ -179,6 +183,8 @@ def test_max_wait_completes_a_batch_that_never_goes_quiet(tmp_path: Path) -> Non
     assert assembler.close_due(now=t0 + 30) == [batch]
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_full_disk_is_refused_with_a700_before_acknowledging(pacs, start_station) -> None:
     station = start_station(
         {

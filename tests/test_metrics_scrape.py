@@ -7,10 +7,12 @@ import re
 import shutil
 import urllib.request
 
+import pytest
 from conftest import (
     VALID,
     StationProcess,
     dicom_destination,
+    needs_corpus,
     storescu,
     storescu_successes,
     wait_for,
@@ -20,6 +22,8 @@ from pynetdicom import AE, _config
 
 from station import __version__
 from station.metrics import REJECT_REASONS
+
+pytestmark = pytest.mark.e2e
 
 MODALITY1 = [VALID / "CT_small.dcm"]  # sent by pynetdicom on one held-open association
 MODALITY2 = [VALID / "MR_small.dcm", VALID / "rtplan.dcm", VALID / "rtdose.dcm"]  # storescu
@@ -40,6 +44,7 @@ def scrape(station: StationProcess) -> dict[str, float]:
     return samples
 
 
+@needs_corpus
 def test_metrics_match_the_traffic(tmp_path, pacs, start_station):
     sent = MODALITY1 + MODALITY2 + DROPPED
     series = {str(dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in sent}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from conftest import VALID
+from conftest import VALID, needs_corpus
 from plugin_files import FILES, QUIET, read, series_of, walk, written
 from pydicom.dataset import Dataset
 
@@ -40,6 +40,7 @@ def elements(dataset: Dataset) -> list[Any]:
     return list(dataset.iterall())
 
 
+@needs_corpus
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_file_follows_the_basic_profile(path: Path) -> None:
     original, result = anonymized(path)
@@ -76,6 +77,7 @@ def test_every_file_follows_the_basic_profile(path: Path) -> None:
     assert result.LongitudinalTemporalInformationModified == "REMOVED"
 
 
+@needs_corpus
 def test_known_elements_of_a_ct() -> None:
     original, result = anonymized(CT)
     assert original.PatientName == "CompressedSamples^CT1"
@@ -95,6 +97,7 @@ def test_known_elements_of_a_ct() -> None:
     assert not any(e.tag.is_private for e in result)
 
 
+@needs_corpus
 def test_sequences_are_cleaned_at_any_depth() -> None:
     original, result = anonymized(SR)
 
@@ -116,6 +119,7 @@ def test_sequences_are_cleaned_at_any_depth() -> None:
     assert values(result, "UID") == [new_uid("1.2.3.4.5", "2.25", SALT)]  # a UIDREF item
 
 
+@needs_corpus
 def test_dates_shifted_by_fixed_days_at_any_depth_times_kept() -> None:
     original, result = anonymized(SR, date_shift_days=-10)
     assert original.ContentDate == "20010213" and result.ContentDate == "20010203"
@@ -135,6 +139,7 @@ def test_dates_shifted_by_fixed_days_at_any_depth_times_kept() -> None:
     assert old_style.StudyDate == ""  # "1997.04.24" is no DICOM date: emptied, not kept
 
 
+@needs_corpus
 def test_per_patient_date_shift_is_one_shift_per_patient() -> None:
     _, mr = anonymized(VALID / "MR_small.dcm", date_shift_days="per-patient")
     _, mr_again = anonymized(VALID / "MR_small_implicit.dcm", date_shift_days="per-patient")
@@ -146,6 +151,7 @@ def test_per_patient_date_shift_is_one_shift_per_patient() -> None:
     assert mr_days != ct_days  # with this salt; another salt gives other shifts
 
 
+@needs_corpus
 def test_keep_descriptions() -> None:
     path = VALID / "chrJapMulti.dcm"  # StudyDescription and SeriesDescription "Chest PA"
     original, removed = anonymized(path)
@@ -157,6 +163,7 @@ def test_keep_descriptions() -> None:
     assert "Descriptions retained" in kept.DeidentificationMethod
 
 
+@needs_corpus
 def test_patient_ids_from_a_mapping_a_csv_file_or_a_pseudonym(tmp_path: Path) -> None:
     _, mapped = anonymized(CT, patient_ids={"1CT1": "LUAD-0001"})
     assert (mapped.PatientID, mapped.PatientName) == ("LUAD-0001", "LUAD-0001")
@@ -181,12 +188,14 @@ def test_patient_ids_from_a_mapping_a_csv_file_or_a_pseudonym(tmp_path: Path) ->
         anonymized(CT, patient_ids=str(table))
 
 
+@needs_corpus
 def test_uid_root_option() -> None:
     original, result = anonymized(CT, uid_root="1.3.6.1.4.1.45037")
     expected = new_uid(original.SeriesInstanceUID, "1.3.6.1.4.1.45037", SALT)
     assert result.SeriesInstanceUID == expected and len(expected) <= 64
 
 
+@needs_corpus
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -206,6 +215,7 @@ def test_wrong_route_options_fail_the_copy_with_a_reason(
         plugin.anonymize(read(CT), series_of(CT), options)
 
 
+@needs_corpus
 def test_defaults_from_plugin_options_and_their_checks() -> None:
     plugins = Plugins(options={"anonymize": {"salt": SALT, "uid_root": "1.2.3"}})
     try:

@@ -18,7 +18,6 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-import time
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
-from conftest import VALID, StoreSCP, dicom_destination, storescu, wait_for
+from conftest import VALID, StoreSCP, dicom_destination, needs_corpus, storescu, wait_for
 from test_cli import cli
 from test_routing import received, settled, sop_uid
 
@@ -135,6 +134,7 @@ def test_the_docs_describe_every_hook_and_every_series_attribute() -> None:
     assert names == public
 
 
+@needs_corpus
 @pytest.mark.parametrize(
     ("file", "sequence"),
     [(p.name, "T2") for p in sorted(VALID.glob("MR_small*.dcm"))] + [(EMRI.name, "T1")],
@@ -148,6 +148,7 @@ def test_the_docs_plugin_labels_the_real_mr_files(tmp_path: Path, file: str, seq
     assert result.routes == expected
 
 
+@needs_corpus
 def test_the_docs_plugin_leaves_every_other_real_file_alone(tmp_path: Path) -> None:
     plugin = docs_files(tmp_path, PLUGIN) / PLUGIN
     for path in sorted(VALID.iterdir()):
@@ -157,6 +158,7 @@ def test_the_docs_plugin_leaves_every_other_real_file_alone(tmp_path: Path) -> N
             assert (result.state, result.labels) == ("unrouted", {}), path.name
 
 
+@needs_corpus
 def test_configure_example_takes_its_options(tmp_path: Path) -> None:
     site = docs_files(tmp_path, "plugins/site.py") / "plugins/site.py"
     options = yaml.safe_load(BLOCKS["plugin_options.yaml"])["plugin_options"]
@@ -168,6 +170,7 @@ def test_configure_example_takes_its_options(tmp_path: Path) -> None:
         run_plugins(north, [site], options={"site": {"colour": "red"}})
 
 
+@needs_corpus
 def test_filter_example_drops_reports(tmp_path: Path) -> None:
     plugin = docs_files(tmp_path, "plugins/no_reports.py") / "plugins/no_reports.py"
     report = run_plugins(series_from_files(VALID / "test-SR.dcm"), [plugin])
@@ -175,6 +178,7 @@ def test_filter_example_drops_reports(tmp_path: Path) -> None:
     assert run_plugins(series_from_files(CT), [plugin]).state == "unrouted"
 
 
+@needs_corpus
 def test_route_hook_example_adds_a_destination(tmp_path: Path) -> None:
     docs_files(tmp_path, PLUGIN, ROUTE, "plugins/dwi_lab.py")
     header = pydicom.dcmread(MR, stop_before_pixels=True)
@@ -189,6 +193,7 @@ def test_route_hook_example_adds_a_destination(tmp_path: Path) -> None:
     assert result.routes == {"plugin:dwi_lab": ["dwi-lab"]}
 
 
+@needs_corpus
 def test_transform_example_marks_the_description(tmp_path: Path) -> None:
     docs_files(tmp_path, PLUGIN, "plugins/mark_sequence.py", "routes/40-marked-copy.yaml")
     plugins = [tmp_path / PLUGIN, tmp_path / "plugins/mark_sequence.py"]
@@ -206,6 +211,7 @@ def test_transform_example_marks_the_description(tmp_path: Path) -> None:
     assert unlabelled.SeriesDescription == "MR"  # CT_small has no description; the option
 
 
+@needs_corpus
 def test_destination_type_example_writes_its_manifest(tmp_path: Path) -> None:
     docs_files(tmp_path, "plugins/manifest.py")
     config = yaml.safe_load(BLOCKS["manifest-destination.yaml"])
@@ -222,6 +228,7 @@ def test_destination_type_example_writes_its_manifest(tmp_path: Path) -> None:
     assert json.loads(manifest.read_text()) == {"series": h.series_uid, "sop": h.sop_uid}
 
 
+@needs_corpus
 def test_notification_example_logs_deliveries_and_failures(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -248,6 +255,7 @@ def test_the_python_examples_are_lint_clean(tmp_path: Path) -> None:
     ruff_clean(docs_files(tmp_path, *(name for name in BLOCKS if name.endswith(".py"))))
 
 
+@needs_corpus
 def test_see_it_act_commands_work_as_documented(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -388,6 +396,8 @@ def station_filter_series(series):
 """
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_the_docs_plugin_routes_real_traffic_while_a_hanging_plugin_is_contained(
     tmp_path: Path, pacs: StoreSCP, start_station: Any
 ) -> None:
@@ -418,6 +428,4 @@ def test_the_docs_plugin_routes_real_traffic_while_a_hanging_plugin_is_contained
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
         assert json.loads(labels[uid]) == {"sequence": sequence}
 
-    started = time.monotonic()
-    assert station.stop() == 0  # the abandoned hook thread does not hold up the exit
-    assert time.monotonic() - started < 30
+    assert station.stop() == 0  # the abandoned hook thread does not hold up the exit (no kill)

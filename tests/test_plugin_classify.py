@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import VALID
+from conftest import VALID, needs_corpus
 from plugin_files import FILES, QUIET, series_of
 
 from station.errors import ConfigError
@@ -42,6 +42,7 @@ def configured() -> Iterator[Plugins]:
     Plugins()  # every bundled plugin configured again without options
 
 
+@needs_corpus
 def test_labels_of_the_valid_files(configured: Plugins) -> None:
     labels = {
         path.name: decide(series_of(path), configured, ROUTES, {"neuro": 1}).labels
@@ -57,6 +58,7 @@ def test_labels_of_the_valid_files(configured: Plugins) -> None:
     assert north.labels == {"kind": "original", "site": "north"}
 
 
+@needs_corpus
 def test_routes_match_the_labels(configured: Plugins) -> None:
     routed = {
         path.name
@@ -66,6 +68,7 @@ def test_routes_match_the_labels(configured: Plugins) -> None:
     assert routed == {"ctbrain1.dcm", "emri_small.dcm"}
 
 
+@needs_corpus
 def test_without_options_no_labels() -> None:
     assert decide(series_of(VALID / "ctbrain1.dcm"), Plugins(), ROUTES, {}).labels == {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import VALID
+from conftest import VALID, needs_corpus
 from plugin_files import FILES, QUIET, read, series_of, written
 
 from station.errors import ConfigError
@@ -23,6 +23,7 @@ def text(value: str | bytes) -> str:
 CTP = {"project": "TCGA-LUAD", "trial": "LUAD-2024", "site_name": "North", "site": 77779002}
 
 
+@needs_corpus
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_file_gets_the_ctp_block(path: Path) -> None:
     original = read(path)
@@ -42,6 +43,7 @@ def test_every_file_gets_the_ctp_block(path: Path) -> None:
     assert kept <= {e.tag for e in result}
 
 
+@needs_corpus
 def test_existing_blocks_are_reused_or_kept() -> None:
     ct = VALID / "CT_small.dcm"
     dataset = read(ct)
@@ -55,6 +57,7 @@ def test_existing_blocks_are_reused_or_kept() -> None:
     assert 0x00130012 not in result
 
 
+@needs_corpus
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -71,6 +74,7 @@ def test_wrong_options_fail_the_copy_with_a_reason(options: dict, message: str) 
         plugin.private_tags(read(ct), series_of(ct), options)
 
 
+@needs_corpus
 def test_site_from_plugin_options() -> None:
     ct = VALID / "CT_small.dcm"
     plugins = Plugins(options={"private-tags": {"site": "77779002", "site_name": "North"}})

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import VALID
+from conftest import VALID, needs_corpus
 from plugin_files import FILES, QUIET, series_of
 
 from station.errors import ConfigError
@@ -41,6 +41,7 @@ def states(plugins: Plugins, calling_ae: str = "SCANNER1") -> dict[str, str]:
     }
 
 
+@needs_corpus
 def test_rules_drop_matching_series_of_the_valid_files(configured: Plugins) -> None:
     dropped = {name for name, state in states(configured).items() if state == "filtered"}
     assert dropped == {
@@ -56,6 +57,7 @@ def test_rules_drop_matching_series_of_the_valid_files(configured: Plugins) -> N
     assert set(from_test_scanner.values()) == {"filtered"}
 
 
+@needs_corpus
 def test_without_options_nothing_is_dropped() -> None:
     assert set(states(Plugins()).values()) == {"routed"}
 

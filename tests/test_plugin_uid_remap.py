@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import VALID
+from conftest import VALID, needs_corpus
 from plugin_files import FILES, QUIET, read, series_of, walk, written
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -38,6 +38,7 @@ def uids(dataset: Dataset) -> dict[str, list[str]]:
     return found
 
 
+@needs_corpus
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_file_gets_new_uids_under_the_root_and_keeps_the_rest(path: Path) -> None:
     original, result = read(path), remapped(path)
@@ -58,6 +59,7 @@ def test_every_file_gets_new_uids_under_the_root_and_keeps_the_rest(path: Path) 
     assert uids(remapped(path)) == after  # the same again: no state, no randomness
 
 
+@needs_corpus
 def test_references_between_instances_stay_intact() -> None:
     # SC_rgb_jpeg_dcmtk.dcm references SC_rgb_jpeg_gdcm.dcm (JPEG Lossless) as its source
     source, derived = (
@@ -75,6 +77,7 @@ def test_references_between_instances_stay_intact() -> None:
     assert mr[0].FrameOfReferenceUID.startswith(ROOT)
 
 
+@needs_corpus
 def test_a_salt_gives_unrelated_uids_and_a_2_25_root_gives_uuid_uids() -> None:
     ct = VALID / "CT_small.dcm"
     salted = remapped(ct, OPTIONS).StudyInstanceUID
@@ -87,6 +90,7 @@ def test_a_salt_gives_unrelated_uids_and_a_2_25_root_gives_uuid_uids() -> None:
     assert len(longest) == 64
 
 
+@needs_corpus
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -103,6 +107,7 @@ def test_wrong_options_fail_the_copy_with_a_reason(options: dict, message: str) 
         plugin.uid_remap(read(VALID / "CT_small.dcm"), series_of(VALID / "CT_small.dcm"), options)
 
 
+@needs_corpus
 def test_org_root_from_plugin_options() -> None:
     ct = VALID / "CT_small.dcm"
     plugins = Plugins(options={"uid-remap": {"org_root": "1.2.3"}})

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import VALID, free_port, wait_for
+from conftest import VALID, needs_corpus, wait_for
 from plugin_files import Receiver, series_of
 
 from station.errors import ConfigError
@@ -25,6 +25,7 @@ def receiver() -> Iterator[Receiver]:
     Plugins()  # every bundled plugin configured again without options
 
 
+@needs_corpus
 def test_delivered_and_failed_notices_are_posted_without_patient_data(receiver: Receiver) -> None:
     plugins = Plugins(
         options={"webhook": {"url": receiver.url, "headers": {"Authorization": "Bearer t"}}}
@@ -59,6 +60,7 @@ def test_delivered_and_failed_notices_are_posted_without_patient_data(receiver: 
     assert receiver.headers[0]["Content-Type"] == "application/json"
 
 
+@needs_corpus
 def test_only_the_chosen_events_and_nothing_without_url(receiver: Receiver) -> None:
     series = series_of(CT)
     plugins = Plugins()
@@ -72,8 +74,9 @@ def test_only_the_chosen_events_and_nothing_without_url(receiver: Receiver) -> N
     assert [n["destination"] for n in receiver.notices] == ["b", "c"]
 
 
+@needs_corpus
 def test_a_slow_or_failing_receiver_never_holds_up_or_breaks_dispatch(
-    receiver: Receiver, caplog: pytest.LogCaptureFixture
+    receiver: Receiver, caplog: pytest.LogCaptureFixture, refused_port: int
 ) -> None:
     series = series_of(CT)
     receiver.hold.clear()  # the receiver does not answer until told
@@ -88,7 +91,7 @@ def test_a_slow_or_failing_receiver_never_holds_up_or_breaks_dispatch(
         receiver.status = 500
         plugins.notify("station_series_failed", series=series, destination="x", reason="r")
         wait_for(lambda: "HTTP Error 500" in caplog.text, 10, message="the 500 logged")
-        closed = f"http://127.0.0.1:{free_port()}/"
+        closed = f"http://127.0.0.1:{refused_port}/"
         plugins = Plugins(options={"webhook": {"url": closed}})
         plugins.notify("station_series_failed", series=series, destination="y", reason="r")
         wait_for(lambda: "Connection refused" in caplog.text, 10, message="refusal logged")

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import yaml
-from conftest import VALID
+from conftest import VALID, needs_corpus
 
 
 def preview(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -68,6 +68,7 @@ def known_zip(tmp_path: Path) -> Path:
     return archive
 
 
+@needs_corpus
 def test_preview_json_counts_series_routes_and_transform_changes(tmp_path: Path) -> None:
     result = preview(tmp_path, str(known_zip(tmp_path)), "--json")
     assert result.returncode == 0, result.stderr
@@ -96,6 +97,7 @@ def test_preview_json_counts_series_routes_and_transform_changes(tmp_path: Path)
     assert len(data["not_dicom"]) == 1 and "notes.txt" in data["not_dicom"][0]
 
 
+@needs_corpus
 def test_preview_table_names_series_and_files_that_are_not_dicom(tmp_path: Path) -> None:
     result = preview(tmp_path, str(known_zip(tmp_path)))
     assert result.returncode == 0, result.stderr

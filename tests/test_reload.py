@@ -7,8 +7,11 @@ import threading
 from pathlib import Path
 
 import pydicom
-from conftest import VALID, storescu, wait_for
+import pytest
+from conftest import VALID, needs_corpus, storescu, wait_for
 from pydicom.uid import generate_uid
+
+pytestmark = pytest.mark.e2e
 
 
 def series_files(folder: Path, count: int) -> list[Path]:
@@ -29,6 +32,7 @@ def delivered(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*.dcm")) if folder.exists() else 0
 
 
+@needs_corpus
 def test_sighup_swaps_routes_keeps_transfers_and_refuses_a_broken_file(
     tmp_path: Path, start_station
 ) -> None:

@@ -17,7 +17,15 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
-from conftest import VALID, StationProcess, StoreSCP, dicom_destination, storescu, wait_for
+from conftest import (
+    VALID,
+    StationProcess,
+    StoreSCP,
+    dicom_destination,
+    needs_corpus,
+    storescu,
+    wait_for,
+)
 from typer.testing import CliRunner
 
 from station.cli import app
@@ -109,6 +117,8 @@ def send(station: StationProcess, *files: Path) -> None:
 # --- end to end --------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_filter_plugin_drops_a_series(
     tmp_path: Path, start_pacs: Callable[[str], StoreSCP], start_station: Any
 ) -> None:
@@ -133,6 +143,8 @@ def test_filter_plugin_drops_a_series(
     assert station.metric("station_series_completed_total") == 3
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_classify_labels_choose_the_route(
     tmp_path: Path, start_pacs: Callable[[str], StoreSCP], start_station: Any
 ) -> None:
@@ -172,6 +184,8 @@ def test_classify_labels_choose_the_route(
     assert state["destinations"] == {"a": {"delivered": 1}, "b": {"delivered": 1}}
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_transform_applies_only_to_the_route_that_names_it(
     tmp_path: Path, start_pacs: Callable[[str], StoreSCP], start_station: Any
 ) -> None:
@@ -212,6 +226,8 @@ def test_transform_applies_only_to_the_route_that_names_it(
     assert dataset_bytes(copy_b) == dataset_bytes(MR)  # the other copy: the very same bytes
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_plugin_error_quarantines_the_series_and_retry_reroutes_it(
     tmp_path: Path, start_pacs: Callable[[str], StoreSCP], start_station: Any
 ) -> None:
@@ -263,6 +279,8 @@ def test_plugin_error_quarantines_the_series_and_retry_reroutes_it(
     assert state["quarantined"] == []
 
 
+@pytest.mark.e2e
+@needs_corpus
 def test_unrouted_series_are_counted_and_shown(
     tmp_path: Path, start_pacs: Callable[[str], StoreSCP], start_station: Any
 ) -> None:
@@ -314,6 +332,7 @@ def route(match: dict[str, Any], **extra: Any) -> Route:
     return Route.model_validate({"name": "r", "match": match, "destinations": ["a"], **extra})
 
 
+@needs_corpus
 @pytest.mark.parametrize(
     ("match", "matching", "not_matching"),
     [
@@ -340,6 +359,7 @@ def test_route_matching_on_tags(
         assert not r.matches(view(path)), f"{match} should not match {path.name}"
 
 
+@needs_corpus
 def test_route_matching_on_who_sent_it_and_labels() -> None:
     scanner = view(CT, calling_ae="SCANNER1", labels={"body": "head", "site": "north"})
     other = view(CT, calling_ae="MODALITY2", source="folder", labels={"body": "chest"})
@@ -357,6 +377,7 @@ def test_route_matching_on_who_sent_it_and_labels() -> None:
     assert not route({"Modality": "CT", "labels": {"body": "head"}}).matches(other)
 
 
+@needs_corpus
 def test_decide_final_stops_later_routes_and_merges_same_copies() -> None:
     routes = [
         route({"Modality": "CT"}, name="ct-only-to-a", final=True),
@@ -414,6 +435,7 @@ class Triage:
         return ["b"] if series.labels.get("body") == "head" else None
 
 
+@needs_corpus
 def test_decide_runs_filter_then_classify_then_routes_then_route_hooks() -> None:
     plugins = Plugins(entry_points=False)
     plugins.register(Triage(), name="triage")
@@ -448,6 +470,7 @@ class Broken:
         return {"body": 1}  # type: ignore[dict-item]  # not a str: a plugin bug
 
 
+@needs_corpus
 def test_decide_names_the_plugin_and_hook_that_failed() -> None:
     plugins = Plugins(entry_points=False)
     plugins.register(Broken(), name="broken")
@@ -463,6 +486,7 @@ def test_decide_names_the_plugin_and_hook_that_failed() -> None:
         plugins.unregister("broken")
 
 
+@needs_corpus
 def test_a_route_hook_naming_an_unknown_destination_is_a_plugin_error() -> None:
     class Elsewhere:
         @hookimpl

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import DATA, VALID
+from conftest import DATA, VALID, needs_corpus
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
@@ -63,6 +63,7 @@ def assert_agrees(path: Path) -> Header | None:
     return header
 
 
+@needs_corpus
 @pytest.mark.parametrize("path", CORPUS, ids=lambda path: str(path.relative_to(DATA)))
 def test_scan_agrees_with_pydicom_on_the_corpus(path: Path) -> None:
     assert_agrees(path)
@@ -70,6 +71,7 @@ def test_scan_agrees_with_pydicom_on_the_corpus(path: Path) -> None:
     assert outcome(identify, path) == outcome(identify_with_pydicom, path)
 
 
+@needs_corpus
 def test_scan_reads_the_little_endian_files() -> None:
     """Fails when the fast path silently degrades into declining (almost) everything."""
     eligible = [
@@ -98,6 +100,7 @@ def element_starts(path: Path) -> set[int]:
     return starts
 
 
+@needs_corpus
 @pytest.mark.parametrize("name", CUT)
 def test_cut_copies_are_never_accepted(name: str, tmp_path: Path) -> None:
     data = (VALID / name).read_bytes()
@@ -301,6 +304,7 @@ EDITS: dict[str, tuple[Callable[[Path], Path], bool]] = {
 }
 
 
+@needs_corpus  # each edit starts from a corpus file
 @pytest.mark.parametrize("case", EDITS)
 def test_edited_copies(case: str, tmp_path: Path) -> None:
     make, readable = EDITS[case]

@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
-from conftest import VALID, wait_for
+import pytest
+from conftest import VALID, needs_corpus, wait_for
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
+
+pytestmark = pytest.mark.e2e
 
 PRIVATE_SOP_CLASS = "1.3.6.1.4.1.9590.100.1.2.1"  # not in the standard: a vendor's own
 
 
+@needs_corpus
 def test_private_sop_class_is_accepted_stored_and_forwarded_unchanged(
     tmp_path: Path, start_station
 ) -> None:
@@ -37,6 +41,7 @@ def test_private_sop_class_is_accepted_stored_and_forwarded_unchanged(
     assert received.PixelData == ds.PixelData
 
 
+@needs_corpus
 def test_associations_beyond_the_cap_are_rejected_while_others_are_served(
     tmp_path: Path, start_station
 ) -> None:

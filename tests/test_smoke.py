@@ -1,6 +1,10 @@
-from conftest import VALID, dicom_destination, storescu, wait_for
+import pytest
+from conftest import VALID, dicom_destination, needs_corpus, storescu, wait_for
+
+pytestmark = pytest.mark.e2e
 
 
+@needs_corpus
 def test_storescu_to_station_to_storescp(pacs, start_station):
     station = start_station({"destinations": {"pacs": dicom_destination(pacs)}})
     result = storescu(station.port, [VALID / "CT_small.dcm"])

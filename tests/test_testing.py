@@ -7,15 +7,16 @@ classes registered on a fresh manager (``run_plugins`` builds one per call).
 
 from __future__ import annotations
 
+import itertools
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pydicom
 import pytest
-from conftest import MALFORMED, VALID, wait_for
+from conftest import MALFORMED, VALID, needs_corpus, wait_for
 from test_routing import Triage  # drops US, labels MR body=head, sends heads to b too
 
 from station.config import load_config
@@ -44,6 +45,7 @@ ALL = [{"name": "everything", "destinations": ["pacs"]}]
 # --- series_from_files --------------------------------------------------------------------
 
 
+@needs_corpus
 def test_series_from_files_is_the_series_the_station_would_assemble() -> None:
     series = series_from_files(MR_COPIES, calling_ae="MRI3", source="scp", peer="10.1.2.3")
     header = pydicom.dcmread(MR, stop_before_pixels=True)
@@ -65,6 +67,7 @@ def test_series_from_files_is_the_series_the_station_would_assemble() -> None:
     assert dict(series.labels) == {}
 
 
+@needs_corpus
 def test_series_from_files_takes_folders_and_refuses_what_the_station_refuses(
     tmp_path: Path,
 ) -> None:
@@ -88,6 +91,7 @@ def test_series_from_files_takes_folders_and_refuses_what_the_station_refuses(
         series_from_files(tmp_path / "missing")
 
 
+@needs_corpus
 def test_series_from_dataset_tries_a_rule_on_a_changed_header() -> None:
     header = pydicom.dcmread(MR, stop_before_pixels=True)
     header.SeriesDescription = "AX FLAIR"
@@ -111,6 +115,7 @@ ROUTES = [
 ]
 
 
+@needs_corpus
 def test_run_plugins_returns_labels_and_destinations_per_route() -> None:
     result = run_plugins(
         series_from_files(MR),
@@ -136,6 +141,7 @@ def test_run_plugins_returns_labels_and_destinations_per_route() -> None:
     assert (ct.state, ct.reason, ct.labels) == ("unrouted", "no route matched", {})
 
 
+@needs_corpus
 def test_run_plugins_reads_route_files_and_checks_them_like_station_check(
     tmp_path: Path,
 ) -> None:
@@ -166,6 +172,7 @@ class Configurable:
         return {"value": self.value}
 
 
+@needs_corpus
 def test_options_reach_station_configure_as_from_plugin_options() -> None:
     plugin = Configurable()
     result = run_plugins(
@@ -181,6 +188,7 @@ def test_options_reach_station_configure_as_from_plugin_options() -> None:
 # --- apply_transforms ---------------------------------------------------------------------
 
 
+@needs_corpus
 def test_apply_transforms_gives_the_data_set_a_destination_would_receive() -> None:
     steps = [{"set-tags": {"set": {"InstitutionName": "X"}, "remove": ["PatientName"]}}]
     changed = apply_transforms(MR, steps, plugins=[SET_TAGS])
@@ -226,6 +234,7 @@ class Wrong:
         return "pacs" if series.get("Modality") == "US" else None
 
 
+@needs_corpus
 @pytest.mark.parametrize(
     ("path", "hook", "message"),
     [
@@ -252,6 +261,7 @@ class Raises:
         raise SystemExit(3)  # not even this ends the station
 
 
+@needs_corpus
 def test_an_exception_quarantines_the_series_with_the_error_kept() -> None:
     result = run_plugins(series_from_files(MR), plugins=[Raises()], routes=ALL)
     assert result.state == "quarantined"
@@ -268,11 +278,13 @@ class Hangs:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.notified: list[str] = []
+        self.classified: list[str] = []  # the modality of every classify call that returned
 
     @hookimpl
     def station_classify_series(self, series: SeriesView) -> dict[str, str] | None:
         if series.get("Modality") == "CT":
             self.release.wait(60)
+        self.classified.append(series.get("Modality"))
         return {"seen": "yes"}
 
     @hookimpl
@@ -288,25 +300,31 @@ def hangs() -> Iterator[Hangs]:
     plugin.release.set()  # the abandoned threads end with the test
 
 
-def test_a_hook_past_its_time_limit_quarantines_only_its_series(hangs: Hangs) -> None:
+@needs_corpus
+def test_a_hook_past_its_time_limit_quarantines_only_its_series(
+    hangs: Hangs, monkeypatch: pytest.MonkeyPatch
+) -> None:
     metrics = Metrics()
-    started = time.monotonic()
+    clock = itertools.count(100.0, 0.25)  # each perf_counter() call, a quarter second later
+    monkeypatch.setattr("station.plugins.time", SimpleNamespace(perf_counter=lambda: next(clock)))
     result = run_plugins(
         series_from_files(CT), [hangs], routes=ALL, timeout_seconds=0.2, metrics=metrics
     )
-    assert time.monotonic() - started < 5  # the caller waited for the limit, not the hook
+    monkeypatch.undo()
+    assert hangs.classified == [], "the caller waited for the hook, not for the time limit"
     assert result.state == "quarantined"
     assert result.reason == "plugin 'Hangs', hook station_classify_series: timed out after 0.2 s"
     errors = {"plugin": "Hangs", "hook": "station_classify_series"}
     assert metrics.registry.get_sample_value("station_plugin_errors_total", errors) == 1
     durations = {"hook": "station_classify_series"}
     assert metrics.registry.get_sample_value("station_hook_duration_seconds_count", durations) == 1
-    assert metrics.registry.get_sample_value("station_hook_duration_seconds_sum", durations) >= 0.2
+    assert metrics.registry.get_sample_value("station_hook_duration_seconds_sum", durations) == 0.25
 
     mr = run_plugins(series_from_files(MR), [hangs], routes=ALL, timeout_seconds=0.2)
     assert (mr.state, mr.labels) == ("routed", {"seen": "yes"})
 
 
+@needs_corpus
 def test_a_plugin_with_too_many_calls_running_on_is_no_longer_called(hangs: Hangs) -> None:
     plugins = load_plugins({"hangs": hangs}, timeout_seconds=0.1)
     ct = series_from_files(CT)
@@ -320,11 +338,12 @@ def test_a_plugin_with_too_many_calls_running_on_is_no_longer_called(hangs: Hang
 
     for _ in range(MAX_OVERRUNNING):
         assert classify().endswith("timed out after 0.1 s")
-    started = time.monotonic()
+    before = set(threading.enumerate())
     assert classify().endswith(
         f"not called: {MAX_OVERRUNNING} earlier calls are still running past the 0.1 s time limit"
     )
-    assert time.monotonic() - started < 0.1  # refused at once, no new thread
+    started = {t.name for t in set(threading.enumerate()) - before}
+    assert "Hangs.station_classify_series" not in started, "refused, yet a thread was started"
     hangs.release.set()  # once they have returned, the plugin is called again
     wait_for(lambda: classify() == "returned", 10, message="the plugin to be called again")
 
@@ -338,6 +357,7 @@ class Listener:
         self.notified.append(destination)
 
 
+@needs_corpus
 def test_a_hanging_notification_is_logged_and_counted_and_others_still_hear(
     hangs: Hangs, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -356,16 +376,22 @@ def test_a_hanging_notification_is_logged_and_counted_and_others_still_hear(
 
 
 class SlowStart:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
     @hookimpl
     def station_configure(self, options: dict[str, Any]) -> None:
-        time.sleep(5)
+        self.release.wait(60)
 
 
 def test_start_up_hooks_have_the_time_limit_too() -> None:
-    started = time.monotonic()
-    with pytest.raises(ConfigError, match="'SlowStart', hook station_configure: timed out after"):
-        load_plugins([SlowStart()], timeout_seconds=0.1)
-    assert time.monotonic() - started < 4
+    plugin = SlowStart()
+    try:
+        with pytest.raises(ConfigError, match="'SlowStart', hook station_configure: timed out"):
+            load_plugins([plugin], timeout_seconds=0.1)
+        assert not plugin.release.is_set()  # the hook is still blocked: nobody waited for it
+    finally:
+        plugin.release.set()
 
 
 # --- the config key -----------------------------------------------------------------------

@@ -9,18 +9,23 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from conftest import (
     VALID,
     StationProcess,
     StoreSCP,
     dicom_destination,
-    free_port,
+    needs_corpus,
     storescu,
     storescu_successes,
     wait_for,
 )
 from pydicom import dcmread
-from test_service_ops import base_config, run_station, stop
+from test_service_ops import announced_ports, base_config, run_station, stop
+
+pytestmark = pytest.mark.e2e
+if not VALID.is_dir():  # the story is told about a corpus file, read here
+    pytest.skip(needs_corpus.mark.kwargs["reason"], allow_module_level=True)
 
 CT = dcmread(VALID / "CT_small.dcm", stop_before_pixels=True)
 SERIES, STUDY, SOP = str(CT.SeriesInstanceUID), str(CT.StudyInstanceUID), str(CT.SOPInstanceUID)
@@ -40,10 +45,11 @@ def attempts(station: StationProcess, outcome: str) -> float:
     return station.metric("station_dispatch_attempts_total", destination="pacs", outcome=outcome)
 
 
+@needs_corpus
 def test_trace_tells_two_failed_attempts_then_delivery(tmp_path, start_station):
     plugin = tmp_path / "bodypart.py"
     plugin.write_text(CLASSIFY)
-    pacs = StoreSCP(tmp_path / "pacs")  # its port is chosen; nothing listens there yet
+    pacs = StoreSCP(tmp_path / "pacs").reserve()  # down: its port refuses connections
     # Backoff after attempt 2 is 2 s +-25 %: time enough to start storescp before attempt 3.
     retry = {"max_attempts": 5, "initial_seconds": 1, "max_seconds": 10}
     station = start_station(
@@ -100,14 +106,14 @@ def test_trace_tells_two_failed_attempts_then_delivery(tmp_path, start_station):
     assert PATIENT not in station.log(), "the patient's name is in the log"
 
 
+@needs_corpus
 def test_json_log_lines_carry_the_series_and_calling_ae(tmp_path, pacs):
     workdir = tmp_path / "station"
-    port = free_port()
-    config = base_config(workdir, port, destinations={"pacs": dicom_destination(pacs)})
+    config = base_config(workdir, destinations={"pacs": dicom_destination(pacs)})
     proc = run_station(workdir, config, {}, ("--log-format", "json"))
     try:
         log = workdir / "station.log"
-        wait_for(lambda: log.exists() and f":{port}" in log.read_text(), 30, message="start")
+        port, _ = wait_for(lambda: announced_ports(workdir), 30, message="start")
         sent = storescu(port, [VALID / "CT_small.dcm"], aet="SCANNER1", extra=("-v",))
         assert storescu_successes(sent) == 1, sent.stderr
         wait_for(lambda: "delivered 1 instances" in log.read_text(), 15, message="delivery")
