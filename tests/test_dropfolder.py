@@ -419,3 +419,46 @@ def test_dicomdir_is_not_forwarded_as_an_image(tmp_path, pacs, start_station):
     assert_delivered_once(pacs, [VALID / "MR_small.dcm", sources[1]])
     assert not files_in(station.workdir / "data" / "quarantine")
     assert "skipped: DICOMDIR" in station.run_log()
+
+
+def halves_at_pixel_data(source: Path) -> tuple[bytes, bytes]:
+    """A file split at an element boundary: all but its Pixel Data element, and that."""
+    raw = dcmread(source, defer_size=1).get_item(0x7FE00010, keep_deferred=True)
+    cut = raw.value_tell - (8 if raw.is_implicit_VR else 12)
+    data = source.read_bytes()
+    return data[:cut], data[cut:]
+
+
+@pytest.mark.parametrize("closes_between", [False, True], ids=["held-open", "closed-between"])
+def test_writer_pausing_before_pixel_data_is_waited_for(
+    tmp_path, pacs, start_station, closes_between
+):
+    """A writer that writes everything up to Pixel Data, pauses for longer than
+    settle_seconds (with the file open, or closed and reopened to append), then writes the
+    rest: the whole instance is delivered once, pixel data included, and nothing before."""
+    dropbox = tmp_path / "dropbox"
+    station = watching(start_station, pacs, dropbox)
+    source = VALID / "CT_small.dcm"
+    first, rest = halves_at_pixel_data(source)
+    target = dropbox / "paused.dcm"
+    out = open(target, "wb")
+    try:
+        out.write(first)
+        out.flush()
+        if closes_between:
+            out.close()
+        paused = time.monotonic()
+        # Several settle periods and rescans of the drop folder go by; it must stay there.
+        wait_for(lambda: time.monotonic() - paused > 6 * SETTLE, 5, message="the pause")
+        assert target.exists(), "the first half was taken from the drop folder"
+        assert not station.spooled() and not pacs.files()
+        if closes_between:
+            out = open(target, "ab")
+        out.write(rest)
+    finally:
+        out.close()
+    wait_for(lambda: not target.exists() and sent(station) >= 1, 20, message="the file taken")
+    delivered = assert_delivered_once(pacs, [source])
+    assert "PixelData" in next(iter(delivered.values()))
+    assert not quarantined(station)
+

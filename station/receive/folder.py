@@ -205,7 +205,7 @@ class DropFolders:
                 continue
             del self._candidates[path]
             taken += 1
-            if outcome != "taken before":
+            if outcome != "taken before" and not outcome.startswith("quarantined"):
                 log.info("drop folder %s: %s", path, outcome)
         return taken
 
@@ -228,14 +228,13 @@ class DropFolders:
             log.info("drop folder %s: not taken yet, %s; waiting for its writer", path, reason)
             return
         del self._candidates[path]
-        outcome = self.ingestor.refuse(
+        self.ingestor.refuse(
             path,
             "file",
             "incomplete",
-            f"{path}: {reason}, unchanged for {candidate.watch.incomplete_seconds:g} s",
+            f"{reason}, unchanged for {candidate.watch.incomplete_seconds:g} s",
             candidate.watch,
         )
-        log.info("drop folder %s: %s", path, outcome)
 
 
 def _ignored(path: Path, watch: WatchConfig) -> bool:
