@@ -441,24 +441,25 @@ def test_writer_pausing_before_pixel_data_is_waited_for(
     source = VALID / "CT_small.dcm"
     first, rest = halves_at_pixel_data(source)
     target = dropbox / "paused.dcm"
-    out = open(target, "wb")
-    try:
-        out.write(first)
-        out.flush()
-        if closes_between:
-            out.close()
+
+    def pause() -> None:
+        """Several settle periods and rescans go by; the first half must stay there."""
         paused = time.monotonic()
-        # Several settle periods and rescans of the drop folder go by; it must stay there.
         wait_for(lambda: time.monotonic() - paused > 6 * SETTLE, 5, message="the pause")
         assert target.exists(), "the first half was taken from the drop folder"
         assert not station.spooled() and not pacs.files()
-        if closes_between:
-            out = open(target, "ab")
-        out.write(rest)
-    finally:
-        out.close()
+
+    with open(target, "wb") as out:
+        out.write(first)
+        out.flush()
+        if not closes_between:
+            pause()
+            out.write(rest)
+    if closes_between:
+        pause()
+        with open(target, "ab") as out:
+            out.write(rest)
     wait_for(lambda: not target.exists() and sent(station) >= 1, 20, message="the file taken")
     delivered = assert_delivered_once(pacs, [source])
     assert "PixelData" in next(iter(delivered.values()))
     assert not quarantined(station)
-
