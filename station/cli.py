@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -25,11 +26,12 @@ from station.journal import Journal
 from station.logs import LogFormat, setup_logging
 from station.preflight import port_problems, storage_problem
 from station.preview import render, route, summarize
+from station.quarantine import Quarantine, QuarantineError
 from station.records import Instance
 from station.scaffold import new_plugin
 from station.service import Station, load_setup
 from station.spool import identify
-from station.status import render_status, status_report
+from station.status import render_quarantine, render_status, status_report
 from station.systemd import Notifier
 from station.trace import render as render_trace
 from station.trace import trace
@@ -326,6 +328,64 @@ def retry(
             + (f" for series {series}" if series else "")
         )
     typer.echo(f"re-queued {count}; a running station picks them up within a second")
+
+
+quarantine_app = typer.Typer(help="Rejected inputs held in quarantine: list, release, discard.")
+app.add_typer(quarantine_app, name="quarantine")
+ItemIds = Annotated[list[int], typer.Argument(help="Item numbers (`station quarantine list`).")]
+
+
+def _quarantine(config: Path | None) -> Quarantine:
+    settings = _config(config)
+    return Quarantine(settings.storage.path, _journal(settings))
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Released, discarded and gone items too.")
+    ] = False,
+) -> None:
+    """Rejected inputs held in quarantine, with reason, source and time."""
+    quarantine = _quarantine(config)
+    items = quarantine.items(None if every else "held")
+    quarantine.journal.close()
+    if as_json:
+        typer.echo(json.dumps([item.as_dict() for item in items], indent=2))
+    else:
+        typer.echo(render_quarantine([item.as_dict() for item in items]) or "quarantine is empty")
+
+
+@quarantine_app.command("release")
+def quarantine_release(ids: ItemIds, config: ConfigOption = None) -> None:
+    """Move items back to where they were found, for the drop folder to take again."""
+    _resolve(ids, config, lambda q, i: f"released {i} to {q.release(i)}")
+
+
+@quarantine_app.command("discard")
+def quarantine_discard(ids: ItemIds, config: ConfigOption = None) -> None:
+    """Delete items from quarantine for good."""
+
+    def discard(quarantine: Quarantine, item_id: int) -> str:
+        quarantine.discard(item_id)
+        return f"discarded {item_id}"
+
+    _resolve(ids, config, discard)
+
+
+def _resolve(ids: list[int], config: Path | None, action: Callable[[Quarantine, int], str]) -> None:
+    quarantine = _quarantine(config)
+    errors = []
+    for item_id in ids:
+        try:
+            typer.echo(action(quarantine, item_id))
+        except QuarantineError as exc:
+            errors.append(str(exc))
+    quarantine.journal.close()
+    if errors:
+        raise fail("\n".join(errors))
 
 
 plugins_app = typer.Typer(help="Loaded plugins; `station plugins new NAME` starts one.")

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from station.errors import ConfigError
+from station.inputs import ZipLimits
 from station.plugins import DEFAULT_TIMEOUT_SECONDS
 
 ENV_PREFIX = "STATION_"
@@ -67,11 +68,19 @@ class WatchConfig(Model):
     rescan_seconds: float = Field(30.0, gt=0)
     zip_max_bytes: int = Field(20 * 2**30, gt=0)
     zip_max_files: int = Field(100_000, gt=0)
+    zip_max_ratio: float = Field(100.0, gt=1)
+    ignore_suffixes: tuple[str, ...] = (".partial", ".part", ".tmp", ".filepart", ".crdownload")
+    ready_marker: str | None = Field(None, min_length=1, pattern=r"^[^/\\]+$")
+    incomplete_seconds: float = Field(600.0, gt=0)
 
     @property
     def done_folder(self) -> Path:
         """Where ``after: move`` puts ingested files."""
         return self.move_to or self.path / ".station-done"
+
+    @property
+    def zip_limits(self) -> ZipLimits:
+        return ZipLimits(self.zip_max_files, self.zip_max_bytes, self.zip_max_ratio)
 
 
 class StorageConfig(Model):

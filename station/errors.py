@@ -14,10 +14,11 @@ class ConfigError(StationError):
 class RejectedInstance(StationError):
     """An incoming instance is refused; ``status`` is the DIMSE status to answer with."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, incomplete: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.incomplete = incomplete  # cut short: it may still be being written
 
 
 class SendError(StationError):

@@ -93,6 +93,26 @@ CREATE TABLE IF NOT EXISTS dropped_files (
 );
 """
 
+# Rejected inputs held in quarantine (station/quarantine.py reads and writes these rows).
+# Kept apart from SCHEMA: added to the journal as one step, a migration of its own.
+QUARANTINE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    source TEXT NOT NULL,
+    watch TEXT,
+    path TEXT,
+    size INTEGER,
+    mtime_ns INTEGER,
+    at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'held',
+    resolved_at REAL
+);
+CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine(state, source);
+"""
+
 
 @dataclass
 class _Pending:
@@ -123,6 +143,7 @@ class Journal:
         self._db.execute("PRAGMA busy_timeout=30000")
         with self._lock:
             self._db.executescript(SCHEMA)
+            self._db.executescript(QUARANTINE_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from station import __version__
+from station.inputs import REASONS
+from station.quarantine import KINDS
 
 REJECT_REASONS = (
     "not_dicom",
@@ -27,6 +29,9 @@ REJECT_REASONS = (
     "disk_full",
     "internal",
 )
+# Why a dropped input can be refused, beyond REJECT_REASONS (station.inputs.REASONS, and
+# the drop folder's own: incomplete for too long, taken but not removable).
+INPUT_REASONS = (*REASONS, "incomplete", "undeletable")
 MAX_CALLING_AES = 64  # bounds the calling_ae label when no allow-list is configured
 DISPATCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 LATENCY_BUCKETS = (1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -117,6 +122,20 @@ class Metrics:
             ["plugin", "hook"],
             registry=r,
         )
+        # Beyond DESIGN.md's list: rejected inputs (drop-folder files, zip archives) held in
+        # quarantine, and quarantined series, so an alert sees quarantine grow.
+        self.quarantined_inputs = Counter(
+            "station_quarantined_inputs_total",
+            "Inputs (drop-folder files, zip archives or members) quarantined, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.quarantine_items = Gauge(
+            "station_quarantine_items",
+            "Items held in quarantine, by kind (file, zip, member, link, series).",
+            ["kind"],
+            registry=r,
+        )
         self.spool_bytes = Gauge(
             "station_spool_bytes", "Bytes of instance files in the spool.", registry=r
         )
@@ -138,6 +157,10 @@ class Metrics:
         self.build_info.info({"version": __version__})
         for reason in REJECT_REASONS:
             self.instances_rejected.labels(reason).inc(0)
+        for reason in (*REJECT_REASONS, *INPUT_REASONS):
+            self.quarantined_inputs.labels(reason).inc(0)
+        for kind in KINDS:
+            self.quarantine_items.labels(kind).set(0)
         self._calling_aes: set[str] = set()
 
     def calling_ae_label(self, ae_title: str) -> str:

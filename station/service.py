@@ -25,7 +25,8 @@ from station.journal import Journal
 from station.metrics import Metrics, MetricsServer
 from station.plugins import Plugins
 from station.preflight import bind_problem, storage_problem
-from station.receive.folder import DropFolders, Ingestor
+from station.receive.folder import DropFolders
+from station.receive.ingest import Ingestor
 from station.receive.intake import Intake
 from station.receive.scp import StoreSCP
 from station.router import Router
@@ -127,7 +128,8 @@ class Station:
         )
         intake = Intake(self.spool, self.journal, self.metrics)
         self.scp = StoreSCP(config.ae_title, config.listen, intake)
-        self.drop_folders = DropFolders(config.watch, Ingestor(intake, config.ae_title))
+        self.ingestor = Ingestor(intake, config.ae_title)
+        self.drop_folders = DropFolders(config.watch, self.ingestor)
         self.http: MetricsServer | None = None
         if config.metrics.enabled:
             host, port = config.metrics.host, config.metrics.port
@@ -253,6 +255,8 @@ class Station:
             self.metrics.queue_series.labels(name).set(counts.get((name, "pending"), 0))
             self.metrics.dead_letter_series.labels(name).set(counts.get((name, "dead_letter"), 0))
         self.metrics.spool_bytes.set(self.journal.spool_bytes())
+        for kind, count in self.ingestor.quarantine.counts().items():
+            self.metrics.quarantine_items.labels(kind).set(count)
         self.metrics.spool_free_bytes.set(self.spool.free_bytes())
 
     def expire(self, now: float | None = None) -> int:

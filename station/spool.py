@@ -78,7 +78,9 @@ def check_complete(ds: Dataset, path: Path) -> None:
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return  # offsets count in the inflated stream; zlib refuses a cut one itself
     if not len(ds):
-        raise RejectedInstance(CANNOT_UNDERSTAND, "malformed", "data set is empty or truncated")
+        raise RejectedInstance(
+            CANNOT_UNDERSTAND, "malformed", "data set is empty or truncated", incomplete=True
+        )
     last = ds.get_item(max(ds.keys()), keep_deferred=True)
     if isinstance(last, RawDataElement) and last.length != UNDEFINED_LENGTH:
         end, size = last.value_tell + last.length, path.stat().st_size
@@ -88,6 +90,7 @@ def check_complete(ds: Dataset, path: Path) -> None:
                 "malformed",
                 f"data set is truncated: element {last.tag} ends at byte {end}, "
                 f"the data ends at byte {size}",
+                incomplete=True,
             )
 
 
@@ -112,7 +115,7 @@ def identify_with_pydicom(path: Path) -> Header:
         ) from exc
     except EOFError as exc:
         raise RejectedInstance(
-            CANNOT_UNDERSTAND, "malformed", f"data set is truncated: {exc}"
+            CANNOT_UNDERSTAND, "malformed", f"data set is truncated: {exc}", incomplete=True
         ) from exc
     except Exception as exc:
         raise RejectedInstance(

@@ -46,11 +46,16 @@ def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
         " ORDER BY b.completed_at DESC LIMIT ?",
         (recent,),
     )
+    held = journal.query(
+        "SELECT id, kind, reason, detail, source, path, at FROM quarantine"
+        " WHERE state='held' ORDER BY id"
+    )
     return {
         "series": batch_states,
         "destinations": destinations,
         "dead_letters": [dict(r) for r in dead],
         "quarantined": [dict(r) for r in quarantined],
+        "quarantined_inputs": [dict(r) for r in held],
         "recent_failures": [dict(r) for r in failures],
         "recent_not_sent": [dict(r) for r in not_sent],
     }
@@ -85,6 +90,11 @@ def render_status(state: dict[str, Any]) -> str:
             f"{_ago(q['completed_at'])}): {q['reason']}"
         ),
     )
+    if state["quarantined_inputs"]:
+        out.append(
+            "\nquarantined inputs (station quarantine release ID re-ingests, discard ID deletes):"
+        )
+        out.append(render_quarantine(state["quarantined_inputs"]))
     _section(
         out,
         "recent failures",
@@ -104,6 +114,17 @@ def render_status(state: dict[str, Any]) -> str:
         ),
     )
     return "\n".join(out)
+
+
+def render_quarantine(items: list[dict[str, Any]]) -> str:
+    """Quarantined inputs, one per line: item number, age, kind, reason, source, detail."""
+    return "\n".join(
+        f"  {i['id']:>5} {_ago(i['at'])} {i['kind']} {i['reason']}: {i['source']}"
+        + (f" (held at {i['path']})" if i["path"] else " (left in place)")
+        + f"\n        {i['detail']}"
+        + (f" [{i['state']}]" if i.get("state", "held") != "held" else "")
+        for i in items
+    )
 
 
 def _section(

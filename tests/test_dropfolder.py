@@ -8,6 +8,7 @@ pauses are those of the slow writer that the slow-copy test simulates.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -78,6 +79,13 @@ def watching(
     entry = {"path": str(folder), "settle_seconds": SETTLE, **watch}
     config = {"watch": [entry], "destinations": {"pacs": dicom_destination(scp)}}
     return start_station(config, name)
+
+
+def quarantined(station: StationProcess) -> list[dict[str, object]]:
+    """`station quarantine list --json`: the items held."""
+    result = station.cli("quarantine", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
 
 
 def sent(station: StationProcess) -> float:
@@ -290,29 +298,36 @@ def test_bad_input_is_quarantined_with_a_reason(tmp_path, pacs, start_station):
     for name in [*names, "notes.dcm"]:
         drop(staging / name, dropbox)
 
-    expected = {
-        "slip.zip": ["'../../evil.dcm'", "points outside the archive"],
-        "truncated.zip": ["corrupt zip archive"],
-        "damaged.zip": ["corrupt zip archive", "CRC"],
-        "encrypted.zip": ["'CT_small.dcm'", "encrypted"],
-        "mixed.zip-study_readme.txt": ["mixed.zip", "study/readme.txt", "not a DICOM file"],
-        "notes.dcm": ["notes.dcm", "not a DICOM file"],
+    expected = {  # source (in the drop folder) -> kind, reason, words of the detail
+        "slip.zip": ("zip", "unsafe_zip", ["'../../evil.dcm'", "points outside the archive"]),
+        "truncated.zip": ("zip", "corrupt_zip", ["corrupt zip archive"]),
+        "damaged.zip": ("zip", "corrupt_zip", ["corrupt zip archive", "CRC"]),
+        "encrypted.zip": ("zip", "unsafe_zip", ["'CT_small.dcm'", "encrypted"]),
+        "mixed.zip:study/readme.txt": ("member", "not_dicom", ["mixed.zip", "not a DICOM file"]),
+        "notes.dcm": ("file", "not_dicom", ["notes.dcm", "not a DICOM file"]),
     }
-    reasons = {name: quarantine / f"{name}.reason.txt" for name in expected}
-    wait_for(
-        lambda: not files_in(dropbox) and all(r.exists() for r in reasons.values()),
+    items = wait_for(
+        lambda: not files_in(dropbox) and len(held := quarantined(station)) >= 6 and held,
         30,
         message="every bad input in quarantine",
     )
-    assert sorted(p.name for p in files_in(quarantine)) == sorted(
-        [*expected, *(r.name for r in reasons.values())]
-    )
-    for name, words in expected.items():
-        text = reasons[name].read_text()
+    by_source = {item["source"].removeprefix(f"{dropbox}/"): item for item in items}
+    assert sorted(by_source) == sorted(expected)
+    for source, (kind, reason, words) in expected.items():
+        item = by_source[source]
+        assert (item["kind"], item["reason"]) == (kind, reason), item
         for word in words:
-            assert word in text, f"{name}: {word!r} not in the reason {text!r}"
-    assert (quarantine / "slip.zip").read_bytes() == slip_bytes  # kept whole, as dropped
-    assert (quarantine / "mixed.zip-study_readme.txt").read_bytes() == b"hello\n"
+            assert word in item["detail"], f"{source}: {word!r} not in {item['detail']!r}"
+        assert Path(item["path"]).is_relative_to(quarantine)
+    assert Path(by_source["slip.zip"]["path"]).read_bytes() == slip_bytes  # kept whole
+    assert Path(by_source["mixed.zip:study/readme.txt"]["path"]).read_bytes() == b"hello\n"
+    assert len(files_in(quarantine)) == 6
+    assert station.metric("station_quarantined_inputs_total", reason="corrupt_zip") == 2
+    wait_for(
+        lambda: station.metric("station_quarantine_items", kind="zip") == 4,
+        10,
+        message="the quarantine gauge",
+    )
     # Nothing was written outside: no evil.dcm anywhere, no temporary files left behind.
     assert not list(tmp_path.rglob("evil.dcm")) and not (tmp_path.parent / "evil.dcm").exists()
     assert [dcmread(p).SOPInstanceUID for p in station.spooled()] == [
@@ -425,3 +440,47 @@ def test_dicomdir_is_not_forwarded_as_an_image(tmp_path, pacs, start_station):
     assert_delivered_once(pacs, [VALID / "MR_small.dcm", sources[1]])
     assert not files_in(station.workdir / "data" / "quarantine")
     assert "skipped: DICOMDIR" in station.run_log()
+
+
+def halves_at_pixel_data(source: Path) -> tuple[bytes, bytes]:
+    """A file split at an element boundary: all but its Pixel Data element, and that."""
+    raw = dcmread(source, defer_size=1).get_item(0x7FE00010, keep_deferred=True)
+    cut = raw.value_tell - (8 if raw.is_implicit_VR else 12)
+    data = source.read_bytes()
+    return data[:cut], data[cut:]
+
+
+@pytest.mark.parametrize("closes_between", [False, True], ids=["held-open", "closed-between"])
+def test_writer_pausing_before_pixel_data_is_waited_for(
+    tmp_path, pacs, start_station, closes_between
+):
+    """A writer that writes everything up to Pixel Data, pauses for longer than
+    settle_seconds (with the file open, or closed and reopened to append), then writes the
+    rest: the whole instance is delivered once, pixel data included, and nothing before."""
+    dropbox = tmp_path / "dropbox"
+    station = watching(start_station, pacs, dropbox)
+    source = VALID / "CT_small.dcm"
+    first, rest = halves_at_pixel_data(source)
+    target = dropbox / "paused.dcm"
+
+    def pause() -> None:
+        """Several settle periods and rescans go by; the first half must stay there."""
+        paused = time.monotonic()
+        wait_for(lambda: time.monotonic() - paused > 6 * SETTLE, 5, message="the pause")
+        assert target.exists(), "the first half was taken from the drop folder"
+        assert not station.spooled() and not pacs.files()
+
+    with open(target, "wb") as out:
+        out.write(first)
+        out.flush()
+        if not closes_between:
+            pause()
+            out.write(rest)
+    if closes_between:
+        pause()
+        with open(target, "ab") as out:
+            out.write(rest)
+    wait_for(lambda: not target.exists() and sent(station) >= 1, 20, message="the file taken")
+    delivered = assert_delivered_once(pacs, [source])
+    assert "PixelData" in next(iter(delivered.values()))
+    assert not quarantined(station)
