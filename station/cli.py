@@ -107,6 +107,8 @@ def run(
     listen = settings.listen
     say(f"station {__version__} ({settings.source or 'built-in defaults'})")
     say(f"DICOM SCP {settings.ae_title} listening on {listen.host}:{station.scp.port}")
+    if station.scp.tls_port is not None:
+        say(f"DICOM over TLS (BCP 195) on {listen.host}:{station.scp.tls_port}")
     if station.http:
         say(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
     say(f"storage {settings.storage.path}")
