@@ -4,9 +4,12 @@ pynetdicom as peers and raw sockets for what they would never send."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import subprocess
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -227,3 +230,135 @@ def test_unknown_peers_are_rejected_known_ones_only_from_their_hosts(folder_stat
     log = station.run_log()
     assert "'STRANGER'" in log and "not allowed from 127.0.0.2" in log
     assert PATIENT not in log
+
+
+# --- 4. no starvation by idle sockets ------------------------------------------------------
+
+
+class Crowd:
+    """``size`` sockets from 127.0.0.2 held open on the station's port: idle ones, and
+    slowloris ones that send the first bytes of an A-ASSOCIATE-RQ and nothing more. A
+    thread reopens whatever the station closes until ``stop``, like a determined attacker."""
+
+    def __init__(self, port: int, size: int) -> None:
+        self.port = port
+        self.size = size
+        self.sockets: list[socket.socket] = []
+        self.opened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _open(self, slow: bool) -> None:
+        try:
+            sock = socket.create_connection(
+                ("127.0.0.1", self.port), timeout=TIMEOUT, source_address=("127.0.0.2", 0)
+            )
+            if slow:
+                sock.sendall(hand_request(b"STATION", b"SLOWLORIS", [])[:10])
+        except OSError:
+            return  # refused or reset at once: tried again on the next round
+        self.sockets.append(sock)
+        self.opened += 1
+
+    def start(self) -> Crowd:
+        for i in range(self.size):
+            self._open(slow=bool(i % 2))
+        self._thread.start()
+        return self
+
+    def _hold(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.wait(0.2) and time.monotonic() < deadline:
+            alive = []
+            for sock in self.sockets:
+                try:
+                    sock.setblocking(False)
+                    closed = sock.recv(1) == b""
+                except BlockingIOError:
+                    closed = False
+                except OSError:
+                    closed = True
+                if closed:
+                    sock.close()
+                else:
+                    alive.append(sock)
+            self.sockets = alive
+            for i in range(self.size - len(alive)):
+                self._open(slow=bool(i % 2))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def crowd() -> Iterator[Callable[[int], Crowd]]:
+    crowds: list[Crowd] = []
+
+    def start(port: int) -> Crowd:
+        crowds.append(Crowd(port, 300).start())
+        return crowds[-1]
+
+    yield start
+    for c in crowds:
+        c.stop()
+
+
+def test_storescu_gets_in_while_300_idle_and_slowloris_sockets_are_held(
+    folder_station, crowd
+) -> None:
+    station = folder_station()
+    attack = crowd(station.port)
+    assert attack.opened >= 300  # the kernel accepted every connection; the station closed most
+    storescu_stores_ct(station)
+    echo_result = echo(station, "-aec", "STATION")
+    assert echo_result.returncode == 0, echo_result.stderr
+    closed = station.metric("station_connections_closed_total", reason="too_many_pending_host")
+    assert closed >= 300 - 8
+
+
+def test_idle_associations_from_one_host_leave_room_for_others(folder_station) -> None:
+    station = folder_station(max_associations=4, max_associations_per_host=2)
+    ae = AE("IDLER")
+    ae.acse_timeout = ae.network_timeout = TIMEOUT
+    ae.add_requested_context(Verification)
+    idle = [
+        ae.associate("127.0.0.1", station.port, ae_title="STATION", bind_address=("127.0.0.2", 0))
+        for _ in range(3)
+    ]
+    try:
+        assert [a.is_established for a in idle] == [True, True, False]
+        assert idle[2].is_rejected  # transient, local limit exceeded: try again later
+        assert rejected(station, "busy_host") == 1
+        storescu_stores_ct(station)
+    finally:
+        for assoc in idle:
+            if assoc.is_established:
+                assoc.release()
+
+
+def test_a_silent_association_is_aborted_after_the_idle_timeout(folder_station) -> None:
+    station = folder_station(idle_timeout_seconds=1)
+    ct, explicit = CTImageStorage.encode(), ExplicitVRLittleEndian.encode()
+    with connect(station.port) as sock:
+        sock.sendall(hand_request(b"STATION", b"RAWSCU", [(1, ct, [explicit])]))
+        assert read_pdu(sock)[0] == 0x02
+        started = time.monotonic()
+        assert read_pdu(sock)[0] == 0x07  # A-ABORT, then the close
+        assert read_until_closed(sock) == b""
+        assert 0.9 < time.monotonic() - started < TIMEOUT
+    assert station.metric("station_connections_closed_total", reason="idle_timeout") == 1
+    assert "nothing received for 1 s" in station.run_log()
+
+
+def test_a_connection_that_sends_no_request_is_closed_after_the_request_timeout(
+    folder_station,
+) -> None:
+    station = folder_station(request_timeout_seconds=1)
+    with connect(station.port) as sock:
+        started = time.monotonic()
+        assert read_until_closed(sock) in (b"", struct.pack(">BxI", 7, 4) + bytes(4))
+        assert 0.9 < time.monotonic() - started < TIMEOUT
+    assert station.metric("station_connections_closed_total", reason="request_timeout") == 1
