@@ -148,13 +148,10 @@ def check(config: ConfigOption = None) -> None:
 def _peer(dest: str, config: StationConfig, aet: str | None, calling: str | None) -> Peer:
     configured = config.destinations.get(dest)
     if isinstance(configured, DicomDestinationConfig):
-        return Peer(
-            configured.host,
-            configured.port,
-            aet or configured.ae_title,
-            calling or configured.calling_ae_title or config.ae_title,
-            configured.timeout_seconds,
-            configured.max_pdu_bytes,
+        if aet:
+            configured = configured.model_copy(update={"ae_title": aet})
+        return Peer.configured(
+            configured, calling or configured.calling_ae_title or config.ae_title
         )
     if configured is not None:
         raise fail(f"destination {dest!r} is of type {configured.type}, not dicom")
