@@ -72,6 +72,8 @@ def test_calling_aes_by_name_and_by_address() -> None:
     assert refusal(listen, calling_ae="CT1", host="10.0.0.200") is None
     assert refusal(listen, calling_ae="CT1", host="192.168.1.7") is None
     assert refusal(listen, calling_ae="CT1", host="192.168.1.8") == (1, 1, 3, "peer_host")
+    assert refusal(listen, calling_ae="CT1", host="::ffff:10.0.0.9") is None  # dual stack
+    assert refusal(listen, calling_ae="CT1", host="fe80::1%eth0") == (1, 1, 3, "peer_host")
     assert refusal(listen, calling_ae="STRANGER", host="10.0.0.1") == (1, 1, 3, "calling_ae")
     assert refusal({}, calling_ae="STRANGER") is None  # no access control configured
 

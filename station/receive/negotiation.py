@@ -107,7 +107,9 @@ class Policy:
                 f"calling AE title {calling!r} is not in listen.allowed_calling_aes or "
                 "listen.peers",
             )
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.partition("%")[0])  # without an IPv6 zone
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 peer
         if not any(address in network for network in networks):
             return Refusal(
                 Rejection(REJECTED_PERMANENT, SOURCE_USER, REASON_CALLING_AE_NOT_RECOGNIZED),
