@@ -233,7 +233,7 @@ class MetricsConfig(Model):
 
 class StationConfig(Model):
     ae_title: AETitle = "STATION"
-    listen: ListenConfig = ListenConfig()
+    listen: ListenConfig = ListenConfig.model_validate({})
     watch: tuple[WatchConfig, ...] = ()
     storage: StorageConfig = StorageConfig()
     series: SeriesConfig = SeriesConfig()
