@@ -139,6 +139,8 @@ def run(
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     say(f"station {__version__} ({settings.source or 'built-in defaults'})")
     say(f"DICOM SCP {settings.ae_title} listening on {settings.listen.host}:{station.scp.port}")
+    if station.scp.tls_port is not None:
+        say(f"DICOM over TLS (BCP 195) on {settings.listen.host}:{station.scp.tls_port}")
     if station.http:
         say(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
     say(f"storage {settings.storage.path}")
@@ -182,13 +184,10 @@ def check(config: ConfigOption = None) -> None:
 def _peer(dest: str, config: StationConfig, aet: str | None, calling: str | None) -> Peer:
     configured = config.destinations.get(dest)
     if isinstance(configured, DicomDestinationConfig):
-        return Peer(
-            configured.host,
-            configured.port,
-            aet or configured.ae_title,
-            calling or configured.calling_ae_title or config.ae_title,
-            configured.timeout_seconds,
-            configured.max_pdu_bytes,
+        if aet:
+            configured = configured.model_copy(update={"ae_title": aet})
+        return Peer.configured(
+            configured, calling or configured.calling_ae_title or config.ae_title
         )
     if configured is not None:
         raise fail(f"destination {dest!r} is of type {configured.type}, not dicom")

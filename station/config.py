@@ -7,6 +7,7 @@ config file, and ``STATION_*`` environment variables override the file
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydicom.uid import AllTransferSyntaxes
 
 from station.errors import ConfigError
 from station.inputs import ZipLimits
@@ -42,18 +44,89 @@ def _ae_title(value: Any) -> Any:
 
 
 AETitle = Annotated[str, BeforeValidator(_ae_title)]
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def _uid(value: Any) -> Any:
+    if isinstance(value, str) and (len(value) > 64 or not _UID.match(value)):
+        raise ValueError("a UID is digits and dots, at most 64 characters, like 1.2.840.10008.1.2")
+    return value
+
+
+def _network(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ValueError(
+                "an IP address or network (CIDR), like 10.0.0.7 or 10.0.0.0/24; "
+                "host names are not resolved"
+            ) from None
+    return value
+
+
+UID = Annotated[str, BeforeValidator(_uid)]
+Network = Annotated[str, BeforeValidator(_network)]
+# Every transfer syntax of the standard (pydicom's table): the station stores the data set
+# as it came and forwards it in the same syntax, so it never needs to understand pixel data.
+STANDARD_TRANSFER_SYNTAXES = tuple(str(uid) for uid in AllTransferSyntaxes)
 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PeerConfig(Model):
+    """A known calling AE: from these addresses only (none listed: from anywhere)."""
+
+    hosts: tuple[Network, ...] = ()
+
+
+class ListenTlsConfig(Model):
+    """A second listener speaking DICOM over TLS (PS3.15 annex B, BCP 195)."""
+
+    port: int = Field(2762, ge=0, le=65535)
+    certificate: Path
+    key: Path
+    ca: Path | None = None  # verifies client certificates
+    require_client_certificate: bool = False
+
+    @field_validator("require_client_certificate")
+    @classmethod
+    def _needs_ca(cls, value: bool, info: Any) -> bool:
+        if value and info.data.get("ca") is None:
+            raise ValueError("require_client_certificate needs `ca` to verify them against")
+        return value
+
+
 class ListenConfig(Model):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
     allowed_calling_aes: tuple[AETitle, ...] = ()
+    peers: dict[AETitle, PeerConfig] = {}
+    check_called_ae: bool = True
+    called_aes: tuple[AETitle, ...] = ()  # accepted called AE titles; empty: ae_title
+    transfer_syntaxes: tuple[UID, ...] = Field(STANDARD_TRANSFER_SYNTAXES, min_length=1)
     max_associations: int = Field(16, ge=1, le=1000)
+    max_associations_per_host: int = Field(8, ge=1, le=1000)
+    max_pending_per_host: int = Field(8, ge=1, le=1000)
+    max_pending: int = Field(256, ge=1, le=10000)
+    request_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    idle_timeout_seconds: float = Field(60.0, gt=0, le=86400)
     max_pdu_bytes: int = Field(4_194_304, ge=0)
+    tls: ListenTlsConfig | None = None
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _peer_without_hosts(cls, value: Any) -> Any:
+        """``SCANNER1:`` with nothing after it: a known AE, from any address."""
+        if isinstance(value, Mapping):
+            return {ae: {} if peer is None else peer for ae, peer in value.items()}
+        return value
+
+    @property
+    def access_controlled(self) -> bool:
+        return bool(self.allowed_calling_aes or self.peers)
 
 
 class WatchConfig(Model):
@@ -112,6 +185,16 @@ class RetryConfig(Model):
     max_seconds: float = Field(900.0, ge=0)
 
 
+class DestinationTlsConfig(Model):
+    """DICOM over TLS to a peer: its certificate checked against ``ca`` (else the system's
+    trusted roots), ours (``certificate``, ``key``) shown when the peer asks for one."""
+
+    ca: Path | None = None
+    certificate: Path | None = None
+    key: Path | None = None
+    check_hostname: bool = True
+
+
 class DicomDestinationConfig(Model):
     type: Literal["dicom"]
     host: str
@@ -120,6 +203,7 @@ class DicomDestinationConfig(Model):
     calling_ae_title: AETitle | None = None
     timeout_seconds: float = Field(30.0, gt=0)
     max_pdu_bytes: int = Field(4_194_304, ge=0)
+    tls: DestinationTlsConfig | None = None
     retry: RetryConfig = RetryConfig()
 
 
@@ -158,7 +242,7 @@ class MetricsConfig(Model):
 
 class StationConfig(Model):
     ae_title: AETitle = "STATION"
-    listen: ListenConfig = ListenConfig()
+    listen: ListenConfig = ListenConfig.model_validate({})
     watch: tuple[WatchConfig, ...] = ()
     storage: StorageConfig = StorageConfig()
     series: SeriesConfig = SeriesConfig()
@@ -349,12 +433,22 @@ def _resolve_paths(config: StationConfig, base: Path) -> StationConfig:
         p = p.expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
-    destinations = {
-        name: dest.model_copy(update={"path": absolute(dest.path)})
-        if isinstance(dest, FolderDestinationConfig)
-        else dest
-        for name, dest in config.destinations.items()
-    }
+    def tls_paths(tls: BaseModel) -> dict[str, Path]:
+        names = ("certificate", "key", "ca")
+        return {n: absolute(getattr(tls, n)) for n in names if getattr(tls, n) is not None}
+
+    destinations: dict[str, DestinationConfig] = {}
+    for name, dest in config.destinations.items():
+        if isinstance(dest, FolderDestinationConfig):
+            dest = dest.model_copy(update={"path": absolute(dest.path)})
+        elif isinstance(dest, DicomDestinationConfig) and dest.tls is not None:
+            dest = dest.model_copy(update={"tls": dest.tls.model_copy(update=tls_paths(dest.tls))})
+        destinations[name] = dest
+    listen = config.listen
+    if listen.tls is not None:
+        listen = listen.model_copy(
+            update={"tls": listen.tls.model_copy(update=tls_paths(listen.tls))}
+        )
     # A file or folder beside the config (``plugins: [plugins]``) is a path, not a module.
     plugins = tuple(
         str(absolute(Path(p))) if ("/" in p or p.endswith(".py") or (base / p).exists()) else p
@@ -369,6 +463,7 @@ def _resolve_paths(config: StationConfig, base: Path) -> StationConfig:
     return config.model_copy(
         update={
             "watch": watch,
+            "listen": listen,
             "storage": config.storage.model_copy(update={"path": absolute(config.storage.path)}),
             "routes": absolute(config.routes) if config.routes else None,
             "destinations": destinations,

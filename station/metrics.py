@@ -28,6 +28,26 @@ REJECT_REASONS = (
     "dicomdir",
     "disk_full",
     "internal",
+    "sop_class_mismatch",
+)
+# Why an A-ASSOCIATE-RQ was answered with A-ASSOCIATE-RJ.
+ASSOCIATION_REJECT_REASONS = (
+    "protocol_version",
+    "application_context",
+    "called_ae",
+    "calling_ae",
+    "peer_host",
+    "busy",
+    "busy_host",
+)
+# Why a connection was closed without an association, or an association aborted by us.
+CONNECTION_CLOSE_REASONS = (
+    "too_many_pending_host",
+    "too_many_pending",
+    "tls_handshake",
+    "request_timeout",
+    "bad_request",
+    "idle_timeout",
 )
 # Why a dropped input can be refused, beyond REJECT_REASONS (station.inputs.REASONS, and
 # the drop folder's own: incomplete for too long, taken but not removable).
@@ -152,6 +172,19 @@ class Metrics:
         self.associations_active = Gauge(
             "station_associations_active", "DICOM associations in progress (inbound).", registry=r
         )
+        # Beyond DESIGN.md's list: who is turned away at the door, and why.
+        self.associations_rejected = Counter(
+            "station_associations_rejected_total",
+            "A-ASSOCIATE-RQs rejected, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "station_connections_closed_total",
+            "Inbound connections closed or aborted by the station, by reason.",
+            ["reason"],
+            registry=r,
+        )
         # Exposed as station_build_info (Info adds the suffix).
         self.build_info = Info("station_build", "Station version.", registry=r)
         self.build_info.info({"version": __version__})
@@ -161,6 +194,10 @@ class Metrics:
             self.quarantined_inputs.labels(reason).inc(0)
         for kind in KINDS:
             self.quarantine_items.labels(kind).set(0)
+        for reason in ASSOCIATION_REJECT_REASONS:
+            self.associations_rejected.labels(reason).inc(0)
+        for reason in CONNECTION_CLOSE_REASONS:
+            self.connections_closed.labels(reason).inc(0)
         self._calling_aes: set[str] = set()
 
     def calling_ae_label(self, ae_title: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from station.config import (
     DestinationConfig,
+    DicomDestinationConfig,
     PluginDestinationConfig,
     RetryConfig,
     StationConfig,
@@ -23,6 +24,7 @@ from station.dispatch.dispatcher import Dispatcher
 from station.errors import ConfigError
 from station.journal import Journal
 from station.metrics import Metrics, MetricsServer
+from station.net.tls import client_context, server_context
 from station.plugins import Plugins
 from station.preflight import bind_problem, storage_problem
 from station.receive.folder import DropFolders
@@ -82,9 +84,31 @@ def load_setup(
     else:
         routes = [Route(name="default", destinations=list(destinations), source_file="built-in")]
     problems += check_references(routes, destinations, plugins.transforms)
+    problems += _tls_problems(config, destinations)
     if problems:
         raise ConfigError("\n".join(problems))
     return Setup(config, plugins, routes, destinations)
+
+
+def _tls_problems(config: StationConfig, destinations: Mapping[str, object]) -> list[str]:
+    """Load every TLS certificate, key and CA the config names, so that `station check`
+    reports a missing or unreadable one instead of the service failing to start."""
+    where = config.source or "config"
+    problems = []
+    tls = config.listen.tls
+    if tls is not None:
+        try:
+            server_context(tls.certificate, tls.key, tls.ca, tls.require_client_certificate)
+        except ConfigError as exc:
+            problems.append(f"{where}: listen.tls: {exc}")
+    for name, dest in destinations.items():
+        if isinstance(dest, DicomDestinationConfig) and dest.tls is not None:
+            t = dest.tls
+            try:
+                client_context(t.ca, t.certificate, t.key, t.check_hostname)
+            except ConfigError as exc:
+                problems.append(f"{where}: destinations.{name}.tls: {exc}")
+    return problems
 
 
 class Station:

@@ -10,11 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from station.config import (
     DEFAULT_DESTINATION,
     DicomDestinationConfig,
     FolderDestinationConfig,
+    ListenConfig,
     StationConfig,
     default_destinations,
     load_config,
@@ -563,3 +565,36 @@ def test_plugin_options_reach_the_plugin_and_wrong_ones_are_config_errors(tmp_pa
     unknown.write_text("plugins: [opts.py]\nplugin_options: {nosuch: {}}\n")
     with pytest.raises(ConfigError, match=r"plugin_options.nosuch: no plugin of that name"):
         load_setup(load_config(unknown, environ={}))
+
+
+def test_tls_files_are_loaded_by_check_and_named_when_they_fail(tmp_path: Path) -> None:
+    """A TLS certificate, key or CA that cannot be loaded is a config error (`station
+    check`), naming the key and the file, not a service that fails to start."""
+    (tmp_path / "garbage.crt").write_text("not a certificate\n")
+    cfg = write(
+        tmp_path / "station.yaml",
+        """
+        listen:
+          tls: {certificate: missing.crt, key: missing.key}
+        destinations:
+          pacs:
+            type: dicom
+            host: 10.0.0.5
+            port: 2762
+            ae_title: PACS
+            tls: {ca: garbage.crt}
+        """,
+    )
+    lines = setup_error(load_config(cfg, environ=NO_ENV))
+    listen = line_starting(
+        lines, f"{cfg}: listen.tls: TLS certificate and key {tmp_path}/missing.crt"
+    )
+    assert "No such file or directory" in listen
+    assert line_starting(lines, f"{cfg}: destinations.pacs.tls: TLS CA {tmp_path}/garbage.crt")
+
+
+def test_a_client_certificate_requirement_needs_a_ca() -> None:
+    with pytest.raises(ValidationError, match="require_client_certificate needs `ca`"):
+        ListenConfig.model_validate(
+            {"tls": {"certificate": "a", "key": "b", "require_client_certificate": True}}
+        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from station.net.scu import (
     ConnectFailed,
     Requestor,
 )
+from station.net.tls import client_context
 from station.records import Instance
 
 log = logging.getLogger(__name__)
@@ -58,9 +60,25 @@ class Peer:
     calling_ae_title: str = "STATION"
     timeout_seconds: float = 30.0
     max_pdu_bytes: int = 4_194_304
+    tls: ssl.SSLContext | None = None
+
+    @classmethod
+    def configured(cls, config: DicomDestinationConfig, calling_ae_title: str) -> Peer:
+        tls = config.tls
+        return cls(
+            host=config.host,
+            port=config.port,
+            ae_title=config.ae_title,
+            calling_ae_title=calling_ae_title,
+            timeout_seconds=config.timeout_seconds,
+            max_pdu_bytes=config.max_pdu_bytes,
+            tls=client_context(tls.ca, tls.certificate, tls.key, tls.check_hostname)
+            if tls is not None
+            else None,
+        )
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
 
 
 def _associate(peer: Peer, contexts: list[tuple[str, list[str]]]) -> Requestor:
@@ -72,6 +90,7 @@ def _associate(peer: Peer, contexts: list[tuple[str, list[str]]]) -> Requestor:
             contexts,
             peer.max_pdu_bytes,
             peer.timeout_seconds,
+            peer.tls,
         )
     except ConnectFailed as exc:
         raise TransientSendError(
@@ -281,14 +300,7 @@ class DicomDestination:
 
     def __init__(self, name: str, config: DicomDestinationConfig, station_ae: str) -> None:
         self.name = name
-        self.peer = Peer(
-            host=config.host,
-            port=config.port,
-            ae_title=config.ae_title,
-            calling_ae_title=config.calling_ae_title or station_ae,
-            timeout_seconds=config.timeout_seconds,
-            max_pdu_bytes=config.max_pdu_bytes,
-        )
+        self.peer = Peer.configured(config, config.calling_ae_title or station_ae)
 
     def send(self, instances: list[Instance], prepare: Prepare) -> SendResult:
         return store(self.peer, instances, prepare)

@@ -36,11 +36,14 @@ TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 REJECTED_PERMANENT = 1
 REJECTED_TRANSIENT = 2
 SOURCE_USER = 1
+SOURCE_PROVIDER_ACSE = 2
 SOURCE_PROVIDER_PRESENTATION = 3
 REASON_NO_REASON = 1
+REASON_APPLICATION_CONTEXT_NOT_SUPPORTED = 2  # source: service user
 REASON_CALLING_AE_NOT_RECOGNIZED = 3
 REASON_CALLED_AE_NOT_RECOGNIZED = 7
-REASON_LOCAL_LIMIT_EXCEEDED = 2
+REASON_PROTOCOL_VERSION_NOT_SUPPORTED = 2  # source: service provider (ACSE)
+REASON_LOCAL_LIMIT_EXCEEDED = 2  # source: service provider (presentation)
 
 PDU_HEADER = struct.Struct(">BxI")
 ITEM_HEADER = struct.Struct(">BxH")
@@ -87,6 +90,8 @@ class Association:
     implementation_version: str = IMPLEMENTATION_VERSION
     roles: dict[str, tuple[int, int]] = field(default_factory=dict)  # SOP class: (SCU, SCP)
     async_window: tuple[int, int] | None = None
+    protocol_version: int = 1  # a bit field: bit 0 is version 1, the only one defined
+    application_context: str = APPLICATION_CONTEXT
 
 
 @dataclass(frozen=True)
@@ -203,9 +208,12 @@ def decode_association(body: bytes, kind: int) -> Association:
     if len(body) < 68:
         raise ProtocolError(f"{name} of {len(body)} bytes is shorter than its fixed part")
     assoc = Association(called_ae=_text(body[4:20]), calling_ae=_text(body[20:36]), contexts=[])
-    assoc.implementation_uid = assoc.implementation_version = ""
+    assoc.implementation_uid = assoc.implementation_version = assoc.application_context = ""
+    assoc.protocol_version = struct.unpack_from(">H", body)[0]
     for item, value in _items(body[68:], name):
-        if item in (0x20, 0x21):
+        if item == 0x10:
+            assoc.application_context = _text(value)
+        elif item in (0x20, 0x21):
             if len(value) < 4:
                 raise ProtocolError(f"{name}: presentation context item of {len(value)} bytes")
             cx = PresentationContext(value[0], "", [], None if item == 0x20 else value[2])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import ssl
 from typing import IO
 
 from station.errors import StationError
@@ -84,14 +85,22 @@ class Requestor:
         contexts: list[tuple[str, list[str]]],
         max_pdu: int,
         timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> Requestor:
-        """Connect and negotiate; raise ConnectFailed, AssociationRejected or
-        AssociationError (aborted, or no valid answer within ``timeout``)."""
+        """Connect (over TLS with ``tls``) and negotiate; raise ConnectFailed,
+        AssociationRejected or AssociationError (aborted, or no valid answer within
+        ``timeout``)."""
         try:
             sock = socket.create_connection(address, timeout=timeout)
         except OSError as exc:
             raise ConnectFailed(f"cannot connect: {exc.strerror or exc}") from exc
         tcp_nodelay(sock)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=address[0])
+            except OSError as exc:  # ssl.SSLError included; the handshake has ``timeout``
+                sock.close()
+                raise ConnectFailed(f"TLS handshake failed: {exc}") from exc
         channel = Channel(sock)
         proposed = [
             PresentationContext(2 * i + 1, abstract, list(syntaxes))

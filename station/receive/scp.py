@@ -1,14 +1,16 @@
 """The C-STORE SCP: makes each received instance durable, then answers, and nothing more.
 
-One thread per association, blocking reads on its socket. The data set of a C-STORE is
-written to a file under the spool's ``tmp`` folder as its fragments arrive, behind a File
-Meta Information header built from the request (never decoded, memory stays flat). The
-file is then checked (UIDs, completeness), moved into the spool, fsynced and journaled, and
-only then answered 0x0000. Failures get their own status and an error comment: 0xA700 when
-the disk is short, 0xC210 when the data set cannot be understood (not DICOM, a missing or
-invalid UID, truncated), 0xA900 when the data set's SOP Instance UID differs from the
-command's. Series logic, hooks and sending happen elsewhere, so the sending modality is
-never held up by them.
+One thread per connection, blocking reads on its socket; the accept loop only accepts and
+counts (station/receive/connections.py), so neither a TLS handshake nor a slow request
+holds it up. Negotiation follows station/receive/negotiation.py. The data set of a C-STORE
+is written to a file under the spool's ``tmp`` folder as its fragments arrive, behind a
+File Meta Information header built from the request (never decoded, memory stays flat).
+The file is then checked (UIDs, completeness), moved into the spool, fsynced and journaled,
+and only then answered 0x0000. Failures get their own status and an error comment: 0xA700
+when the disk is short, 0xC210 when the data set cannot be understood (not DICOM, a missing
+or invalid UID, truncated), 0xA900 when the data set's SOP Instance UID differs from the
+command's, 0x0122 when the command's SOP class is not its presentation context's. Series
+logic, hooks and sending happen elsewhere, so the sending modality is never held up by them.
 """
 
 from __future__ import annotations
@@ -17,21 +19,21 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
-
-from pynetdicom.service_class import ServiceClass, StorageServiceClass
-from pynetdicom.sop_class import uid_to_service_class
 
 from station.config import ListenConfig
 from station.dicomfile import file_meta
 from station.errors import RejectedInstance
 from station.logs import series_fields
+from station.metrics import Metrics
 from station.net.dimse import (
     C_ECHO_RQ,
     C_STORE_RQ,
     NO_DATASET,
+    SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
     UNRECOGNIZED_OPERATION,
     Channel,
@@ -42,43 +44,32 @@ from station.net.dimse import (
     response_to,
 )
 from station.net.pdu import (
-    ABSTRACT_SYNTAX_NOT_SUPPORTED,
-    ACCEPTED,
     ASSOCIATE_RQ,
     PDU_HEADER,
-    REASON_CALLING_AE_NOT_RECOGNIZED,
     REASON_LOCAL_LIMIT_EXCEEDED,
-    REJECTED_PERMANENT,
     REJECTED_TRANSIENT,
     RELEASE_REPLY,
     SOURCE_PROVIDER_PRESENTATION,
-    SOURCE_USER,
-    TRANSFER_SYNTAXES_NOT_SUPPORTED,
     Association,
+    PresentationContext,
     ProtocolError,
     Rejection,
     decode_association,
     encode_accept,
     encode_reject,
 )
-from station.net.scu import VERIFICATION, tcp_nodelay
+from station.net.scu import tcp_nodelay
+from station.net.tls import server_context
+from station.receive.connections import Connection, Connections
 from station.receive.intake import Intake, Origin
-from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, identify, is_uid
+from station.receive.negotiation import Policy, Refusal
+from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, identify
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 10.0  # for a new connection to send its A-ASSOCIATE-RQ
-NETWORK_TIMEOUT = 60.0  # an idle association is aborted after this
 MAX_REQUEST_BYTES = 1 << 20
+BUSY = Rejection(REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT_EXCEEDED)
 WRITE_BUFFER = 256 * 1024
-
-
-def _accepts(abstract_syntax: str) -> bool:
-    """Verification, and every storage SOP class: known, private or not yet known (a router
-    must take what the modality sends). Other known services (query, worklist...) are not
-    offered here."""
-    service = uid_to_service_class(abstract_syntax)
-    return abstract_syntax == VERIFICATION or service in (StorageServiceClass, ServiceClass)
 
 
 class StoreSCP:
@@ -86,87 +77,125 @@ class StoreSCP:
         self.ae_title = ae_title
         self.listen = listen
         self.intake = intake
-        self.metrics = intake.metrics
+        self.metrics: Metrics = intake.metrics
+        self.policy = Policy(ae_title, listen)
+        self.connections = Connections(listen)
+        self.tls = (
+            server_context(
+                listen.tls.certificate,
+                listen.tls.key,
+                listen.tls.ca,
+                listen.tls.require_client_certificate,
+            )
+            if listen.tls is not None
+            else None
+        )
         self.server: socket.socket | None = None
+        self.tls_server: socket.socket | None = None
         self.port = listen.port
-        self._channels: dict[Channel, bool] = {}  # connection -> association established
-        self._lock = threading.Lock()
+        self.tls_port = listen.tls.port if listen.tls is not None else None
 
     def start(self) -> None:
-        server = socket.create_server((self.listen.host, self.listen.port), backlog=64)
-        self.server = server
-        self.port = server.getsockname()[1]
+        self.server = self._listen(self.listen.port, None)
+        self.port = self.server.getsockname()[1]
+        if self.listen.tls is not None:
+            self.tls_server = self._listen(self.listen.tls.port, self.tls)
+            self.tls_port = self.tls_server.getsockname()[1]
+
+    def _listen(self, port: int, tls: ssl.SSLContext | None) -> socket.socket:
+        server = socket.create_server((self.listen.host, port), backlog=128)
+        name = "scp-accept-tls" if tls else "scp-accept"
         threading.Thread(
-            target=self._accept_loop, args=(server,), name="scp-accept", daemon=True
+            target=self._accept_loop, args=(server, tls), name=name, daemon=True
         ).start()
+        return server
 
     def stop(self, drain_seconds: float = 20) -> None:
         """Take no new associations; let those in progress finish, then abort the rest."""
         if self.server is None:
             return
-        server, self.server = self.server, None
-        with contextlib.suppress(OSError):
-            server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        with self._lock:
-            for channel, established in list(self._channels.items()):
-                if not established:
-                    channel.close()  # a connection that never became an association
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                with contextlib.suppress(OSError):
+                    server.shutdown(socket.SHUT_RDWR)
+                server.close()
+        self.server = self.tls_server = None
+        for connection in self.connections.snapshot():
+            if not connection.established:
+                connection.interrupt()  # a connection that never became an association
         deadline = time.monotonic() + drain_seconds
-        while self._established() and time.monotonic() < deadline:
+        while self.connections.active() and time.monotonic() < deadline:
             time.sleep(0.05)
-        for channel in self._established():
-            log.warning("aborting association at shutdown")
-            channel.abort()
+        for connection in self.connections.snapshot():
+            if connection.established and connection.channel is not None:
+                log.warning("aborting association from %s at shutdown", connection.peer)
+                connection.channel.abort()
 
-    def _established(self) -> list[Channel]:
-        with self._lock:
-            return [channel for channel, established in self._channels.items() if established]
-
-    def _accept_loop(self, server: socket.socket) -> None:
+    def _accept_loop(self, server: socket.socket, tls: ssl.SSLContext | None) -> None:
         while True:
             try:
                 sock, address = server.accept()
             except OSError:
                 return  # closed by stop()
             tcp_nodelay(sock)
-            channel = Channel(sock)
-            with self._lock:
-                crowded = len(self._channels) >= 4 * self.listen.max_associations + 16
-                if not crowded:
-                    self._channels[channel] = False
-            if crowded:
-                log.warning("closing connection from %s:%s: too many connections", *address[:2])
-                channel.close()
-                continue
             peer = f"{address[0]}:{address[1]}"
+            connection = Connection(address[0], peer, sock)
+            refused = self.connections.admit(connection)
+            if refused is not None:
+                self.metrics.connections_closed.labels(refused).inc()
+                log.warning("closing connection from %s: %s", peer, refused.replace("_", " "))
+                with contextlib.suppress(OSError):
+                    sock.close()
+                continue
             threading.Thread(
-                target=self._serve, args=(channel, peer), name=f"assoc-{peer}", daemon=True
+                target=self._serve, args=(connection, tls), name=f"assoc-{peer}", daemon=True
             ).start()
 
     # --- association -----------------------------------------------------------------
 
-    def _serve(self, channel: Channel, peer: str) -> None:
-        assoc = None
+    def _serve(self, connection: Connection, tls: ssl.SSLContext | None) -> None:
+        peer = connection.peer
         try:
-            assoc = self._negotiate(channel, peer)
+            deadline = time.monotonic() + self.listen.request_timeout_seconds
+            channel = self._open(connection, tls, deadline)
+            if channel is None:
+                return
+            assoc = self._negotiate(connection, channel, deadline)
             if assoc is not None:
                 self._messages(channel, assoc, peer)
         except Exception:
             log.exception("association from %s failed", peer)
-            channel.abort()
+            if connection.channel is not None:
+                connection.channel.abort()
         finally:
-            # Counted once established, even when negotiation failed after that point.
-            with self._lock:
-                established = self._channels.pop(channel, False)
-                active = sum(self._channels.values())
-            if established:
-                self.metrics.associations_active.set(active)
-            channel.close()
+            if self.connections.remove(connection):
+                self.metrics.associations_active.set(self.connections.active())
+            if connection.channel is not None:
+                connection.channel.close()
+            else:
+                connection.sock.close()
 
-    def _negotiate(self, channel: Channel, peer: str) -> Association | None:
+    def _open(
+        self, connection: Connection, tls: ssl.SSLContext | None, deadline: float
+    ) -> Channel | None:
+        """The connection's channel, after the TLS handshake (within the request timeout)
+        if this listener speaks TLS; None when the handshake failed."""
+        if tls is not None:
+            try:
+                connection.sock.settimeout(max(0.0, deadline - time.monotonic()))
+                connection.sock = tls.wrap_socket(connection.sock, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                self.metrics.connections_closed.labels("tls_handshake").inc()
+                log.warning("TLS handshake with %s failed: %s", connection.peer, exc)
+                return None
+        connection.channel = Channel(connection.sock)
+        return connection.channel
+
+    def _negotiate(
+        self, connection: Connection, channel: Channel, deadline: float
+    ) -> Association | None:
         """Answer the A-ASSOCIATE-RQ; the accepted association, or None (rejected, aborted)."""
-        deadline = time.monotonic() + REQUEST_TIMEOUT
+        peer = connection.peer
         try:
             kind, length = PDU_HEADER.unpack(channel.read_by(PDU_HEADER.size, deadline))
             if kind != ASSOCIATE_RQ:
@@ -180,60 +209,48 @@ class StoreSCP:
                 )
             request = decode_association(channel.read_by(length, deadline), kind)
         except (OSError, ConnectionClosed, ProtocolError) as exc:
+            timed_out = isinstance(exc, TimeoutError)
+            self.metrics.connections_closed.labels(
+                "request_timeout" if timed_out else "bad_request"
+            ).inc()
             log.info("connection from %s closed before an association: %s", peer, exc)
             channel.abort()
             return None
-        calling = request.calling_ae
-        allowed = self.listen.allowed_calling_aes
-        rejection = None
-        if allowed and calling not in allowed:
-            rejection = Rejection(REJECTED_PERMANENT, SOURCE_USER, REASON_CALLING_AE_NOT_RECOGNIZED)
-        else:
-            with self._lock:
-                if sum(self._channels.values()) >= self.listen.max_associations:
-                    rejection = Rejection(
+        refusal = self.policy.refuse(request, connection.host)
+        if refusal is None:
+            busy = self.connections.establish(connection)
+            if busy is not None:
+                limit = "max_associations_per_host" if busy == "busy_host" else "max_associations"
+                refusal = Refusal(
+                    Rejection(
                         REJECTED_TRANSIENT,
                         SOURCE_PROVIDER_PRESENTATION,
                         REASON_LOCAL_LIMIT_EXCEEDED,
-                    )
-                else:
-                    self._channels[channel] = True
-                    active = sum(self._channels.values())
-        if rejection is not None:
+                    ),
+                    busy,
+                    f"too many associations (listen.{limit})",
+                )
+        if refusal is not None:
+            self.metrics.associations_rejected.labels(refusal.reason).inc()
             log.warning(
-                "rejected association from %r at %s (not in listen.allowed_calling_aes or "
-                "too many associations)",
-                calling,
+                "rejected association from %r to %r at %s: %s",
+                request.calling_ae,
+                request.called_ae,
                 peer,
+                refusal.message,
             )
             with contextlib.suppress(OSError):  # the peer may be gone already
-                channel.send_raw(encode_reject(rejection))
+                channel.send_raw(encode_reject(refusal.rejection))
             return None
-        self.metrics.associations_active.set(active)
-        for cx in request.contexts:
-            # Stored as it comes: the sender's preferred syntax is the one to keep. It goes
-            # into the spool file's meta and back into the A-ASSOCIATE-AC, so it must be a UID.
-            cx.transfer_syntaxes = [ts for ts in cx.transfer_syntaxes if is_uid(ts)][:1]
-            if not _accepts(cx.abstract_syntax):
-                cx.result = ABSTRACT_SYNTAX_NOT_SUPPORTED
-            elif not cx.transfer_syntaxes:
-                cx.result = TRANSFER_SYNTAXES_NOT_SUPPORTED
-            else:
-                cx.result = ACCEPTED
+        self.metrics.associations_active.set(self.connections.active())
+        accept = self.policy.answer(request, self.listen.max_pdu_bytes)
         channel.max_send = request.max_pdu
-        accept = Association(
-            called_ae=request.called_ae,
-            calling_ae=calling,
-            contexts=request.contexts,
-            max_pdu=self.listen.max_pdu_bytes,
-            roles={uid: (scu, 0) for uid, (scu, _scp) in request.roles.items()},
-        )
         try:
             channel.send_raw(encode_accept(accept))
         except OSError as exc:
             log.info("connection from %s closed before the association was accepted: %s", peer, exc)
             return None
-        channel.sock.settimeout(NETWORK_TIMEOUT)
+        channel.sock.settimeout(self.listen.idle_timeout_seconds)
         return accept
 
     def _messages(self, channel: Channel, assoc: Association, peer: str) -> None:
@@ -247,25 +264,55 @@ class StoreSCP:
                         f"message on presentation context {context_id}, not accepted"
                     )
                 operation = command.get("CommandField")
-                if operation == C_STORE_RQ:
+                known = operation in (C_STORE_RQ, C_ECHO_RQ)
+                mismatch = self._sop_class_mismatch(command, context) if known else ""
+                if operation == C_STORE_RQ and not mismatch:
                     self._store(
                         channel, context_id, context.transfer_syntaxes[0], command, assoc, peer
                     )
                     continue
                 if command.get("CommandDataSetType", NO_DATASET) != NO_DATASET:
                     channel.receive_dataset(context_id, lambda _piece: None)
-                status = SUCCESS if operation == C_ECHO_RQ else UNRECOGNIZED_OPERATION
-                channel.send_command(context_id, response_to(command, status))
+                status = SUCCESS if known else UNRECOGNIZED_OPERATION
+                if mismatch:
+                    status = SOP_CLASS_NOT_SUPPORTED
+                    self.metrics.instances_rejected.labels("sop_class_mismatch").inc()
+                    log.warning(
+                        "refused a request from %s (%s): %s", assoc.calling_ae, peer, mismatch
+                    )
+                channel.send_command(context_id, response_to(command, status, mismatch))
             except PeerReleased:
                 channel.send_raw(RELEASE_REPLY)
                 return
             except PeerAborted:
                 log.info("association from %s aborted by the peer", peer)
                 return
+            except TimeoutError:
+                self.metrics.connections_closed.labels("idle_timeout").inc()
+                log.warning(
+                    "aborting association from %s: nothing received for %g s "
+                    "(listen.idle_timeout_seconds)",
+                    peer,
+                    self.listen.idle_timeout_seconds,
+                )
+                channel.abort()
+                return
             except (OSError, ConnectionClosed, ProtocolError) as exc:
                 log.warning("aborting association from %s: %s", peer, exc)
                 channel.abort()
                 return
+
+    @staticmethod
+    def _sop_class_mismatch(command: Command, context: PresentationContext) -> str:
+        """Why a request's Affected SOP Class UID does not fit its presentation context
+        (PS3.7 9.1.1.1.1: refused with 0x0122, SOP class not supported), or ""."""
+        sop_class = command.get("AffectedSOPClassUID")
+        if sop_class is None or sop_class == context.abstract_syntax:
+            return ""
+        return (
+            f"SOP class {sop_class} on presentation context {context.id}, "
+            f"which is for {context.abstract_syntax}"
+        )
 
     # --- C-STORE ---------------------------------------------------------------------
 
