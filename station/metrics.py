@@ -20,6 +20,8 @@ from station import __version__
 REJECT_REASONS = (
     "not_dicom",
     "malformed",
+    "truncated",
+    "bad_deflate",
     "missing_uid",
     "invalid_uid",
     "uid_mismatch",
