@@ -23,7 +23,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import dictionary_VR, keyword_dict
 
 from station.dicomfile import LONG_VRS
 from station.errors import RejectedInstance
@@ -47,7 +47,7 @@ ITEM_DELIMITER = 0xFFFEE00D
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double, pixel data
 # In implicit VR only the dictionary tells a sequence of defined length from a value.
-SEQUENCES = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
+SEQUENCES = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
 DELIMITERS = {ITEM: "an item", ITEM_DELIMITER: "an item delimiter"}
 DELIMITERS[SEQUENCE_DELIMITER] = "a sequence delimiter"
 
