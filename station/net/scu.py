@@ -36,6 +36,7 @@ from station.net.pdu import (
     Rejection,
     decode_association,
     decode_reject,
+    describe_abort,
     encode_request,
 )
 
@@ -52,7 +53,7 @@ class ConnectFailed(AssociationError):
 
 class AssociationRejected(AssociationError):
     def __init__(self, rejection: Rejection) -> None:
-        super().__init__(f"rejected the association {rejection}")
+        super().__init__(f"rejected the association: {rejection}")
         self.rejection = rejection
 
 
@@ -112,8 +113,11 @@ class Requestor:
             raise AssociationRejected(decode_reject(body))
         if kind != ASSOCIATE_AC:
             channel.close()
-            what = "aborted" if kind == ABORT else f"answered with PDU type 0x{kind:02X} to"
-            raise AssociationError(f"{what} the association request")
+            if kind == ABORT:
+                raise AssociationError(f"aborted the association request ({describe_abort(body)})")
+            raise AssociationError(
+                f"answered with PDU type 0x{kind:02X} to the association request"
+            )
         answer = decode_association(body, kind)
         results = {cx.id: cx for cx in answer.contexts}
         for cx in proposed:
@@ -147,7 +151,7 @@ class Requestor:
         except (OSError, ConnectionClosed, PeerAborted, PeerReleased, ProtocolError) as exc:
             self.channel.abort()
             if isinstance(exc, PeerAborted):
-                detail = "the peer aborted the association (A-ABORT)"
+                detail = f"the peer aborted the association ({exc})"
             elif isinstance(exc, PeerReleased):
                 detail = "the peer asked to release instead of answering"
             elif isinstance(exc, TimeoutError):
