@@ -20,6 +20,9 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
+from station.dispatch.dicom import Peer, echo
+from station.errors import TransientSendError
+
 pytestmark = pytest.mark.e2e
 
 DCMQRSCP = "/usr/bin/dcmqrscp"
@@ -148,3 +151,22 @@ def test_a_warning_status_is_delivered_visibly(warner, start_station):
     assert traced.returncode == 0, traced.stderr
     assert "pacs: delivered after 1 attempt" in traced.stdout, traced.stdout
     assert f"warning for instance {sop_uid}: {wanted}" in traced.stdout, traced.stdout
+
+
+def test_transient_rejection_is_retried_not_dead_lettered(start_station):
+    """A station busy at listen.max_associations answers rejected-transient: the send side
+    says so and treats it as worth retrying."""
+    busy = start_station({"listen": {"host": "127.0.0.1", "port": 0, "max_associations": 1}})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = ae.associate("127.0.0.1", busy.port, ae_title="STATION")
+    assert held.is_established
+    try:
+        with pytest.raises(TransientSendError) as caught:
+            echo(Peer("127.0.0.1", busy.port, "STATION", timeout_seconds=10))
+    finally:
+        held.release()
+    assert (
+        "rejected the association: rejected-transient by the service-provider (presentation): "
+        "local-limit-exceeded (result 2, source 3, reason 2)"
+    ) in str(caught.value)
