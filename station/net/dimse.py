@@ -22,6 +22,7 @@ from station.net.pdu import (
     PDU_HEADER,
     RELEASE_RQ,
     ProtocolError,
+    check_length,
     describe_abort,
 )
 
@@ -168,6 +169,7 @@ class Channel:
         self.sock = sock
         self.reader = sock.makefile("rb", buffering=256 * 1024)
         self.max_send = 0  # the peer's maximum PDU length; 0 = no limit
+        self.max_receive = 0  # the one this side announced: longer P-DATA-TF PDUs are refused
         self._pdu_left = 0  # bytes of the current P-DATA-TF not read yet
 
     # --- reading ---------------------------------------------------------------------
@@ -200,7 +202,10 @@ class Channel:
         return b"".join(parts)
 
     def read_pdu_header(self) -> tuple[int, int]:
-        return PDU_HEADER.unpack(self.read(PDU_HEADER.size))
+        """The next PDU's type and length, refused (ProtocolError) by its size cap."""
+        kind, length = PDU_HEADER.unpack(self.read(PDU_HEADER.size))
+        check_length(kind, length, self.max_receive)
+        return kind, length
 
     def _next_fragment(self) -> tuple[int, int, int]:
         """The next PDV's presentation context, control bits and value length, reading

@@ -43,6 +43,21 @@ REASON_CALLED_AE_NOT_RECOGNIZED = 7
 REASON_LOCAL_LIMIT_EXCEEDED = 2
 
 PDU_HEADER = struct.Struct(">BxI")
+# Size caps, checked on the header before a body is read (PS3.8 9.3): an association
+# request or answer of 128 presentation contexts, each with every standard transfer syntax,
+# is some 360 KiB; the reject, release and abort PDUs have a 4-byte body. A P-DATA-TF may be
+# as long as the maximum length this side announced (its user information item 0x51).
+MAX_ASSOCIATE_BYTES = 1 << 20
+FIXED_BODY_BYTES = 4
+PDU_NAMES = {
+    ASSOCIATE_RQ: "A-ASSOCIATE-RQ",
+    ASSOCIATE_AC: "A-ASSOCIATE-AC",
+    ASSOCIATE_RJ: "A-ASSOCIATE-RJ",
+    P_DATA_TF: "P-DATA-TF",
+    RELEASE_RQ: "A-RELEASE-RQ",
+    RELEASE_RP: "A-RELEASE-RP",
+    ABORT: "A-ABORT",
+}
 ITEM_HEADER = struct.Struct(">BxH")
 
 # PS3.8 table 9-21: the source of an A-ASSOCIATE-RJ and, per source, its reasons.
@@ -86,6 +101,22 @@ def describe_abort(body: bytes) -> str:
 
 class ProtocolError(StationError):
     """The peer sent something that is not a valid PDU here; the association is aborted."""
+
+
+def check_length(kind: int, length: int, max_data: int = 0) -> None:
+    """Refuse a PDU by its header, before its body is read: an unknown type, or a body longer
+    than its type's cap (``max_data``: the P-DATA-TF limit this side announced, 0 = none)."""
+    name = PDU_NAMES.get(kind)
+    if name is None:
+        raise ProtocolError(f"unknown PDU type 0x{kind:02X} ({length} bytes)")
+    if kind in (ASSOCIATE_RQ, ASSOCIATE_AC):
+        cap = MAX_ASSOCIATE_BYTES
+    elif kind == P_DATA_TF:
+        cap = max_data
+    else:
+        cap = FIXED_BODY_BYTES
+    if cap and length > cap:
+        raise ProtocolError(f"{name} of {length} bytes, more than the {cap} accepted")
 
 
 @dataclass

@@ -94,6 +94,7 @@ class Requestor:
             raise ConnectFailed(f"cannot connect: {exc.strerror or exc}") from exc
         tcp_nodelay(sock)
         channel = Channel(sock)
+        channel.max_receive = max_pdu
         proposed = [
             PresentationContext(2 * i + 1, abstract, list(syntaxes))
             for i, (abstract, syntaxes) in enumerate(contexts)
@@ -103,7 +104,7 @@ class Requestor:
             channel.send_raw(encode_request(request))
             kind, length = channel.read_pdu_header()
             body = channel.read(length)
-        except (OSError, ConnectionClosed) as exc:
+        except (OSError, ConnectionClosed, ProtocolError) as exc:
             channel.close()
             raise AssociationError(
                 f"aborted the association request (or did not answer it): {exc}"
@@ -213,7 +214,7 @@ class Requestor:
                     self.channel.send_raw(RELEASE_REPLY)
                 if kind in (RELEASE_RP, ABORT):
                     break
-        except (OSError, ConnectionClosed):
+        except (OSError, ConnectionClosed, ProtocolError):
             pass
         self.channel.close()
 

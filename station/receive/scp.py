@@ -57,6 +57,7 @@ from station.net.pdu import (
     Association,
     ProtocolError,
     Rejection,
+    check_length,
     decode_association,
     encode_accept,
     encode_reject,
@@ -69,7 +70,6 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0  # for a new connection to send its A-ASSOCIATE-RQ
 NETWORK_TIMEOUT = 60.0  # an idle association is aborted after this
-MAX_REQUEST_BYTES = 1 << 20
 WRITE_BUFFER = 256 * 1024
 
 
@@ -174,10 +174,7 @@ class StoreSCP:
                     f"PDU type 0x{kind:02X} where an A-ASSOCIATE-RQ (0x01) was expected "
                     "(not a DICOM peer?)"
                 )
-            if length > MAX_REQUEST_BYTES:
-                raise ProtocolError(
-                    f"A-ASSOCIATE-RQ of {length} bytes, more than the {MAX_REQUEST_BYTES} accepted"
-                )
+            check_length(kind, length)
             request = decode_association(channel.read_by(length, deadline), kind)
         except (OSError, ConnectionClosed, ProtocolError) as exc:
             log.info("connection from %s closed before an association: %s", peer, exc)
@@ -221,6 +218,7 @@ class StoreSCP:
             else:
                 cx.result = ACCEPTED
         channel.max_send = request.max_pdu
+        channel.max_receive = self.listen.max_pdu_bytes
         accept = Association(
             called_ae=request.called_ae,
             calling_ae=calling,
