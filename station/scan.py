@@ -259,6 +259,8 @@ class _Walk:
         if not implicit:
             if vr in (b"SQ", b"UN"):  # pydicom, like PS3.5 6.2.2, reads UN as a sequence
                 return self.sequence(value, implicit)[0]
+            if vr not in (b"OB", b"OW"):
+                raise _Unsure  # undefined length where PS3.5 allows none: station.validate
             return self.fragments(value)
         if tag in PIXEL_DATA:
             return self.fragments(value)

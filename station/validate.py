@@ -304,9 +304,10 @@ class _Walker:
         self, tag: int, vr: bytes | None, big: bool, implicit: bool, depth: int, pos: int
     ) -> None:
         """A value of undefined length: a sequence's items or pixel data's fragments."""
-        if vr == b"UN":  # PS3.5 6.2.2: its items are in implicit VR little endian
+        if vr == b"UN" and big:  # PS3.5 6.2.2: its items are in implicit VR little endian
             self.sequence(None, False, True, depth + 1, tag)
-        elif vr == b"SQ" or (implicit and tag not in PIXEL_DATA):
+        elif vr in (b"SQ", b"UN") or (implicit and tag not in PIXEL_DATA):
+            # in little endian, an item that looks implicit is read so (as pydicom does)
             self.sequence(None, big, implicit, depth + 1, tag)
         elif vr in (None, b"OB", b"OW"):
             self.fragments(big, tag)
