@@ -76,6 +76,14 @@ CREATE TABLE IF NOT EXISTS instance_failures (
     reason TEXT NOT NULL,
     PRIMARY KEY (delivery_id, sop_uid)
 );
+CREATE TABLE IF NOT EXISTS instance_warnings (
+    delivery_id INTEGER NOT NULL,
+    sop_uid TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    comment TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (delivery_id, sop_uid)
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
@@ -423,6 +431,14 @@ class Journal:
         )
         return {r["sop_uid"]: r["reason"] for r in rows}
 
+    def warned_instances(self, delivery_id: int) -> dict[str, tuple[int, str]]:
+        """Instances the peer took with a warning status: SOP UID -> (status, comment)."""
+        rows = self.query(
+            "SELECT sop_uid, status, comment FROM instance_warnings WHERE delivery_id=?",
+            (delivery_id,),
+        )
+        return {r["sop_uid"]: (r["status"], r["comment"]) for r in rows}
+
     def record_attempt(
         self,
         delivery: Delivery,
@@ -430,11 +446,20 @@ class Journal:
         error: str | None,
         next_attempt: float | None = None,
         failures: dict[str, str] | None = None,
+        warnings: dict[str, tuple[int, str]] | None = None,
     ) -> None:
-        """Record one dispatch attempt. ``outcome``: success, retry or dead_letter."""
+        """Record one dispatch attempt. ``outcome``: success, retry or dead_letter;
+        ``warnings``: instances sent with a warning status (kept, like failures, with the
+        delivery's history)."""
         now = time.time()
         state = {"success": "delivered", "retry": "pending", "dead_letter": "dead_letter"}[outcome]
         with self.transaction() as db:
+            if warnings:
+                db.executemany(
+                    "INSERT OR REPLACE INTO instance_warnings"
+                    " (delivery_id, sop_uid, status, comment, at) VALUES (?,?,?,?,?)",
+                    [(delivery.id, uid, code, text, now) for uid, (code, text) in warnings.items()],
+                )
             if failures is not None:
                 db.execute("DELETE FROM instance_failures WHERE delivery_id=?", (delivery.id,))
                 db.executemany(

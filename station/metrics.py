@@ -22,6 +22,8 @@ from station.quarantine import KINDS
 REJECT_REASONS = (
     "not_dicom",
     "malformed",
+    "truncated",
+    "bad_deflate",
     "missing_uid",
     "invalid_uid",
     "uid_mismatch",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from station.dicomfile import EXPLICIT, LENGTH, LONG_VRS
 from station.spool import MEDIA_STORAGE_DIRECTORY, UNDEFINED_LENGTH, Header, is_uid
+from station.validate import SEQUENCES
 
 HEAD_BYTES = 16 * 1024  # the whole header of most files, in one read
 WINDOW_BYTES = 4096  # read when an element header lies past what is in memory
@@ -223,6 +224,9 @@ class _Walk:
             if length == UNDEFINED_LENGTH or tag == SPECIFIC_CHARACTER_SET:
                 pos = self.value_end(tag, vr, value, length, implicit)
                 buf, base = self.buf, self.base
+            elif vr == b"SQ" or (implicit and tag in SEQUENCES):
+                pos = self.items(value, value + length, implicit)
+                buf, base = self.buf, self.base
             else:
                 pos = value + length
         if end is None or pos != end:
@@ -255,6 +259,8 @@ class _Walk:
         if not implicit:
             if vr in (b"SQ", b"UN"):  # pydicom, like PS3.5 6.2.2, reads UN as a sequence
                 return self.sequence(value, implicit)[0]
+            if vr not in (b"OB", b"OW"):
+                raise _Unsure  # undefined length where PS3.5 allows none: station.validate
             return self.fragments(value)
         if tag in PIXEL_DATA:
             return self.fragments(value)
@@ -288,6 +294,24 @@ class _Walk:
                 pos = self.data_set(start, None, item_implicit)
             else:
                 pos = self.data_set(start, start + length, item_implicit)
+
+    def items(self, pos: int, end: int, implicit: bool) -> int:
+        """Walk the items of a sequence of defined length, which must end at ``end``: its
+        length is checked against theirs, as station.validate does."""
+        while pos < end:
+            index = self.at(pos, 8)
+            group, number, length = _IMPLICIT.unpack_from(self.buf, index)
+            if group << 16 | number != ITEM:
+                raise _Unsure
+            start = pos + 8
+            item_implicit = implicit or (length != 0 and self.looks_implicit(start))
+            if length == UNDEFINED_LENGTH:
+                pos = self.data_set(start, None, item_implicit)
+            else:
+                pos = self.data_set(start, start + length, item_implicit)
+        if pos != end:
+            raise _Unsure
+        return pos
 
     def fragments(self, pos: int) -> int:
         """Walk encapsulated fragments (PS3.5 A.4: items of defined length, then the sequence

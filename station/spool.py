@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from station.errors import RejectedInstance
 
@@ -70,30 +68,6 @@ def read_header(path: Path) -> Dataset:
     return dcmread(path, stop_before_pixels=True)
 
 
-def check_complete(ds: Dataset, path: Path) -> None:
-    """Refuse a data set that was cut short. pydicom reads a value shorter than its element's
-    length says (or stops at a partial tag) without a word, so the last top-level element
-    must end where the file ends. Undefined lengths prove themselves: pydicom returns no
-    elements when one runs into the end of the file."""
-    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return  # offsets count in the inflated stream; zlib refuses a cut one itself
-    if not len(ds):
-        raise RejectedInstance(
-            CANNOT_UNDERSTAND, "malformed", "data set is empty or truncated", incomplete=True
-        )
-    last = ds.get_item(max(ds.keys()), keep_deferred=True)
-    if isinstance(last, RawDataElement) and last.length != UNDEFINED_LENGTH:
-        end, size = last.value_tell + last.length, path.stat().st_size
-        if end != size:
-            raise RejectedInstance(
-                CANNOT_UNDERSTAND,
-                "malformed",
-                f"data set is truncated: element {last.tag} ends at byte {end}, "
-                f"the data ends at byte {size}",
-                incomplete=True,
-            )
-
-
 def identify(path: Path) -> Header:
     """Read and check the UIDs that decide where an instance goes, and that the data set is
     complete; raise RejectedInstance. A clean little-endian file is read straight from its
@@ -104,7 +78,11 @@ def identify(path: Path) -> Header:
 
 
 def identify_with_pydicom(path: Path) -> Header:
-    """identify() by pydicom: every top-level element is read, but no long value."""
+    """identify() by pydicom: the structure is walked to its end first (station.validate),
+    then every top-level element is read, but no long value."""
+    from station.validate import check_structure  # it imports this module
+
+    check_structure(path)
     try:
         ds = dcmread(path, defer_size=DEFER_BYTES)
     except InvalidDicomError as exc:
@@ -121,7 +99,6 @@ def identify_with_pydicom(path: Path) -> Header:
         raise RejectedInstance(
             CANNOT_UNDERSTAND, "malformed", f"cannot parse data set: {type(exc).__name__}: {exc}"
         ) from exc
-    check_complete(ds, path)
     meta = ds.file_meta
     if meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
         raise RejectedInstance(

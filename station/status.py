@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from station.journal import Journal
+from station.net.dimse import describe_status
 
 
 def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
@@ -39,6 +40,12 @@ def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
         " WHERE d.last_error IS NOT NULL ORDER BY d.updated DESC LIMIT ?",
         (recent,),
     )
+    warnings = journal.query(
+        "SELECT d.destination, w.sop_uid, w.status, w.comment, w.at, b.series_uid"
+        " FROM instance_warnings w JOIN deliveries d ON d.id=w.delivery_id"
+        " JOIN batches b ON b.id=d.batch_id ORDER BY w.at DESC LIMIT ?",
+        (recent,),
+    )
     not_sent = journal.query(
         "SELECT b.series_uid, b.study_uid, b.state, b.reason, b.completed_at,"
         " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
@@ -57,6 +64,7 @@ def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
         "quarantined": [dict(r) for r in quarantined],
         "quarantined_inputs": [dict(r) for r in held],
         "recent_failures": [dict(r) for r in failures],
+        "recent_warnings": [dict(r) for r in warnings],
         "recent_not_sent": [dict(r) for r in not_sent],
     }
 
@@ -102,6 +110,15 @@ def render_status(state: dict[str, Any]) -> str:
         lambda f: (
             f"{_ago(f['updated'])} {f['destination']} series {f['series_uid']} "
             f"[{f['state']}, attempt {f['attempts']}{_next_try(f)}]: {f['last_error']}"
+        ),
+    )
+    _section(
+        out,
+        "recent warnings (delivered, but the peer answered with a warning status)",
+        state["recent_warnings"],
+        lambda w: (
+            f"{_ago(w['at'])} {w['destination']} series {w['series_uid']} instance "
+            f"{w['sop_uid']}: {describe_status(w['status'], w['comment'])}"
         ),
     )
     _section(

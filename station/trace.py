@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from station.journal import Journal
+from station.net.dimse import describe_status
 from station.records import Batch, Delivery, Event, batch_from_row, delivery_from_row
 
 
@@ -22,6 +23,8 @@ class History:
     events: list[Event]
     deliveries: list[Delivery]
     refused: dict[str, dict[str, str]]  # destination -> SOP Instance UID -> reason
+    # destination -> SOP Instance UID -> (warning status, Error Comment): sent, visibly so
+    warned: dict[str, dict[str, tuple[int, str]]]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +33,7 @@ class History:
             "events": [asdict(e) for e in self.events],
             "deliveries": [asdict(d) for d in self.deliveries],
             "refused": self.refused,
+            "warned": self.warned,
         }
 
 
@@ -51,6 +55,7 @@ def trace(journal: Journal, uid: str) -> list[History]:
             )
         ]
         refused = {d.destination: journal.failed_instances(d.id) for d in deliveries}
+        warned = {d.destination: journal.warned_instances(d.id) for d in deliveries}
         histories.append(
             History(
                 batch=batch,
@@ -64,6 +69,7 @@ def trace(journal: Journal, uid: str) -> list[History]:
                 ],
                 deliveries=deliveries,
                 refused={name: failed for name, failed in refused.items() if failed},
+                warned={name: found for name, found in warned.items() if found},
             )
         )
     return histories
@@ -104,6 +110,10 @@ def render(uid: str, histories: list[History]) -> str:
             lines.append(f"    {d.destination}: {_delivery_now(d)} (routes: {', '.join(d.routes)})")
             for sop_uid, reason in sorted(h.refused.get(d.destination, {}).items()):
                 lines.append(f"      refused instance {sop_uid}: {reason}")
+            for sop_uid, (code, comment) in sorted(h.warned.get(d.destination, {}).items()):
+                lines.append(
+                    f"      warning for instance {sop_uid}: {describe_status(code, comment)}"
+                )
         lines.append("")
     return "\n".join(lines).rstrip()
 

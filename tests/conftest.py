@@ -26,6 +26,9 @@ import pytest
 import yaml
 from peers import DCMTK_ENV, IN_USE, STORESCP, STORESCU, fixed_ports, listening_ports
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, _config
 
 DATA = Path(
     os.environ.get(
@@ -423,3 +426,25 @@ def dicom_destination(scp: StoreSCP, **extra: Any) -> dict[str, Any]:
         "ae_title": scp.ae_title,
         **extra,
     }
+
+
+def c_store(port: int, payload: Path | Dataset, calling_ae: str = "PYNETDICOM") -> int:
+    """One C-STORE by pynetdicom, on its own association; the status, or -1 without one.
+    A file goes as its bytes are, with the command's UIDs taken from its File Meta."""
+    meta = read_file_meta_info(payload) if isinstance(payload, Path) else payload.file_meta
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="STATION")
+    assert assoc.is_established, f"association to the station for {payload}"
+    # By default pynetdicom decodes a file and sends its own re-encoding (which repairs a
+    # truncated data set); chunked sending puts the file's bytes on the wire as they are.
+    chunked = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        answer = assoc.send_c_store(payload)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        if assoc.is_established:
+            assoc.release()
+    return int(answer.Status) if answer and "Status" in answer else -1

@@ -21,6 +21,9 @@ class SendResult:
 
     sent: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # SOP Instance UID -> reason
+    # Sent, but the peer answered with a warning status: SOP Instance UID -> (status, its
+    # Error Comment). Counted in ``sent`` too.
+    warnings: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 class Destination(Protocol):

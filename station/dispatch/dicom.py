@@ -1,9 +1,13 @@
 """``type: dicom`` destinations: a C-STORE SCU, one association per series batch.
 
-Every C-STORE status is checked. Success and warning statuses count as sent; 0xA7xx (out
-of resources), an aborted association or a missing response raise TransientSendError so
-the whole batch is retried; any other failure status, or no accepted presentation context
-for an instance's SOP class and transfer syntax, refuses that instance permanently.
+Every C-STORE status is checked. Success and warning statuses count as sent, a warning
+(0x0001, 0xBxxx) with its Error Comment kept per instance; 0xA7xx (out of resources), an
+aborted association or a missing response raise TransientSendError so the whole batch is
+retried; any other failure status, or no accepted presentation context for an instance's
+SOP class and transfer syntax, refuses that instance permanently. An association the peer
+rejects is classified by PS3.8 table 9-21: rejected-transient is retried, rejected-permanent
+(such as called AE title not recognized) raises PermanentSendError: asking again will not
+help until someone changes a setting.
 Untransformed instances are sent from their spool file as they are (no decode). For an
 instance in a little endian uncompressed syntax the SCU also offers Explicit and Implicit
 VR Little Endian, and converts only when the peer refuses the original syntax.
@@ -98,6 +102,8 @@ def _associate(peer: Peer, contexts: list[tuple[str, list[str]]]) -> Requestor:
             f"{peer.timeout_seconds:g} s)"
         ) from exc
     except AssociationRejected as exc:
+        if exc.rejection.permanent:
+            raise PermanentSendError(f"{peer} {exc}") from exc
         raise TransientSendError(f"{peer} {exc}") from exc
     except AssociationError as exc:
         raise TransientSendError(f"{peer} {exc}") from exc
@@ -284,6 +290,8 @@ def _store_group(
                 raise _Lost(index, str(exc)) from exc
         code = int(status.get("Status", -1))
         category = status_category(code)
+        if category == "Warning":
+            result.warnings[inst.sop_uid] = (code, str(status.get("ErrorComment", "")))
         if category in ("Success", "Warning"):
             result.sent += 1
         elif 0xA700 <= code <= 0xA7FF:

@@ -20,10 +20,11 @@ from pydicom.dataset import Dataset
 
 from station.config import RetryConfig
 from station.dispatch.base import Destination, Prepare
-from station.errors import TransientSendError
+from station.errors import PermanentSendError, TransientSendError
 from station.journal import Journal
 from station.logs import series_fields
 from station.metrics import Metrics
+from station.net.dimse import describe_status
 from station.plugins import Plugins
 from station.records import Delivery, Instance
 from station.series import SeriesView
@@ -133,6 +134,10 @@ class Dispatcher:
         started = time.monotonic()
         try:
             result = destination.send(instances, prepare)
+        except PermanentSendError as exc:  # e.g. the association rejected-permanent
+            error = f"{exc} (permanent: not retried; `station retry` once it is fixed)"
+            log.error("%s: dead letter at once: %s", context, error, extra=fields)
+            return self._finish(delivery, batch, "dead_letter", error, None)
         except TransientSendError as exc:
             error = str(exc)
             result = None
@@ -169,14 +174,24 @@ class Dispatcher:
             self.metrics.dispatch_attempts.labels(name, "retry").inc()
             return "retry"
         self.metrics.dispatch_instances.labels(name, "sent").inc(result.sent)
+        for sop_uid, (code, comment) in result.warnings.items():
+            log.warning(
+                "%s: instance %s sent with warning status %s",
+                context,
+                sop_uid,
+                describe_status(code, comment),
+                extra=fields,
+            )
         if result.failed:
             self.metrics.dispatch_instances.labels(name, "failed").inc(len(result.failed))
             first = next(iter(result.failed.values()))
             error = f"{len(result.failed)} of {len(instances)} instances refused: {first}"
             log.error("%s: %s", context, error, extra=fields)
-            return self._finish(delivery, batch, "dead_letter", error, result.failed)
+            return self._finish(
+                delivery, batch, "dead_letter", error, result.failed, result.warnings
+            )
         log.info("%s: delivered %d instances", context, result.sent, extra=fields)
-        return self._finish(delivery, batch, "success", None, {})
+        return self._finish(delivery, batch, "success", None, {}, result.warnings)
 
     def _finish(
         self,
@@ -185,8 +200,9 @@ class Dispatcher:
         outcome: str,
         error: str | None,
         failures: dict[str, str] | None,
+        warnings: dict[str, tuple[int, str]] | None = None,
     ) -> str:
-        self.journal.record_attempt(delivery, outcome, error, failures=failures)
+        self.journal.record_attempt(delivery, outcome, error, failures=failures, warnings=warnings)
         self.metrics.dispatch_attempts.labels(delivery.destination, outcome).inc()
         series = SeriesView.from_batch(batch, [i.path for i in self.journal.instances(batch.id)])
         if outcome == "success":

@@ -23,6 +23,8 @@ from station.net.pdu import (
     PDU_HEADER,
     RELEASE_RQ,
     ProtocolError,
+    check_length,
+    describe_abort,
 )
 
 C_STORE_RQ = 0x0001
@@ -134,6 +136,21 @@ def response_to(request: Command, status: int, comment: str = "") -> Command:
     return rsp
 
 
+# Warning statuses of C-STORE (PS3.4 B.2.3) and the general 0x0001 (PS3.7 C.3).
+WARNINGS = {
+    0x0001: "warning",
+    0xB000: "coercion of data elements",
+    0xB006: "elements discarded",
+    0xB007: "data set does not match SOP class",
+}
+
+
+def describe_status(code: int, comment: str = "") -> str:
+    """A status as the journal and ``station status`` show it: code, meaning, comment."""
+    name = WARNINGS.get(code) or status_category(code).lower()
+    return f"0x{code:04X} ({name})" + (f": {comment}" if comment else "")
+
+
 def status_category(code: int) -> str:
     """Success, Warning, Failure, Cancel or Pending (PS3.7 annex C)."""
     if code == SUCCESS:
@@ -154,6 +171,7 @@ class Channel:
         self.sock = sock
         self.reader = cast(io.BufferedReader, sock.makefile("rb", buffering=256 * 1024))
         self.max_send = 0  # the peer's maximum PDU length; 0 = no limit
+        self.max_receive = 0  # the one this side announced: longer P-DATA-TF PDUs are refused
         self._pdu_left = 0  # bytes of the current P-DATA-TF not read yet
 
     # --- reading ---------------------------------------------------------------------
@@ -186,7 +204,10 @@ class Channel:
         return b"".join(parts)
 
     def read_pdu_header(self) -> tuple[int, int]:
-        return PDU_HEADER.unpack(self.read(PDU_HEADER.size))
+        """The next PDU's type and length, refused (ProtocolError) by its size cap."""
+        kind, length = PDU_HEADER.unpack(self.read(PDU_HEADER.size))
+        check_length(kind, length, self.max_receive)
+        return kind, length
 
     def _next_fragment(self) -> tuple[int, int, int]:
         """The next PDV's presentation context, control bits and value length, reading
@@ -196,11 +217,11 @@ class Channel:
             if kind == P_DATA_TF:
                 self._pdu_left = length
                 continue
-            self.read(length)
+            body = self.read(length)
             if kind == RELEASE_RQ:
                 raise PeerReleased
             if kind == ABORT:
-                raise PeerAborted
+                raise PeerAborted(describe_abort(body))
             raise ProtocolError(f"PDU type 0x{kind:02X} where P-DATA-TF was expected")
         length, context, control = _PDV.unpack(self.read(_PDV.size))
         if length < 2 or length + 4 > self._pdu_left:

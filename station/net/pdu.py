@@ -46,22 +46,80 @@ REASON_PROTOCOL_VERSION_NOT_SUPPORTED = 2  # source: service provider (ACSE)
 REASON_LOCAL_LIMIT_EXCEEDED = 2  # source: service provider (presentation)
 
 PDU_HEADER = struct.Struct(">BxI")
+# Size caps, checked on the header before a body is read (PS3.8 9.3): an association
+# request or answer of 128 presentation contexts, each with every standard transfer syntax,
+# is some 360 KiB; the reject, release and abort PDUs have a 4-byte body. A P-DATA-TF may be
+# as long as the maximum length this side announced (its user information item 0x51).
+MAX_ASSOCIATE_BYTES = 1 << 20
+FIXED_BODY_BYTES = 4
+PDU_NAMES = {
+    ASSOCIATE_RQ: "A-ASSOCIATE-RQ",
+    ASSOCIATE_AC: "A-ASSOCIATE-AC",
+    ASSOCIATE_RJ: "A-ASSOCIATE-RJ",
+    P_DATA_TF: "P-DATA-TF",
+    RELEASE_RQ: "A-RELEASE-RQ",
+    RELEASE_RP: "A-RELEASE-RP",
+    ABORT: "A-ABORT",
+}
 ITEM_HEADER = struct.Struct(">BxH")
 
-_REJECT_REASONS = {
-    (SOURCE_USER, 1): "no reason given",
-    (SOURCE_USER, 2): "application context name not supported",
-    (SOURCE_USER, 3): "calling AE title not recognized",
-    (SOURCE_USER, 7): "called AE title not recognized",
-    (2, 1): "no reason given (ACSE)",
-    (2, 2): "protocol version not supported",
-    (SOURCE_PROVIDER_PRESENTATION, 1): "temporary congestion",
-    (SOURCE_PROVIDER_PRESENTATION, 2): "local limit exceeded",
+# PS3.8 table 9-21: the source of an A-ASSOCIATE-RJ and, per source, its reasons.
+_REJECT_SOURCES = {
+    1: "the service-user",
+    2: "the service-provider (ACSE)",
+    3: "the service-provider (presentation)",
 }
+_REJECT_REASONS = {
+    (SOURCE_USER, 1): "no-reason-given",
+    (SOURCE_USER, 2): "application-context-name-not-supported",
+    (SOURCE_USER, 3): "calling-AE-title-not-recognized",
+    (SOURCE_USER, 7): "called-AE-title-not-recognized",
+    (2, 1): "no-reason-given",
+    (2, 2): "protocol-version-not-supported",
+    (SOURCE_PROVIDER_PRESENTATION, 1): "temporary-congestion",
+    (SOURCE_PROVIDER_PRESENTATION, 2): "local-limit-exceeded",
+}
+# PS3.8 table 9-26: A-ABORT source and, from the service-provider, reason.
+_ABORT_SOURCES = {0: "the service-user", 2: "the service-provider"}
+_ABORT_REASONS = {
+    0: "reason-not-specified",
+    1: "unrecognized-PDU",
+    2: "unexpected-PDU",
+    4: "unrecognized-PDU-parameter",
+    5: "unexpected-PDU-parameter",
+    6: "invalid-PDU-parameter-value",
+}
+
+
+def describe_abort(body: bytes) -> str:
+    """An A-ABORT's source and reason in PS3.8's words (table 9-26)."""
+    if len(body) < 4:
+        return f"A-ABORT of {len(body)} bytes, without source and reason"
+    source, reason = body[2], body[3]
+    who = _ABORT_SOURCES.get(source, f"source {source}")
+    if source != 2:
+        return f"A-ABORT by {who}"
+    return f"A-ABORT by {who}: {_ABORT_REASONS.get(reason, f'reason {reason}')}"
 
 
 class ProtocolError(StationError):
     """The peer sent something that is not a valid PDU here; the association is aborted."""
+
+
+def check_length(kind: int, length: int, max_data: int = 0) -> None:
+    """Refuse a PDU by its header, before its body is read: an unknown type, or a body longer
+    than its type's cap (``max_data``: the P-DATA-TF limit this side announced, 0 = none)."""
+    name = PDU_NAMES.get(kind)
+    if name is None:
+        raise ProtocolError(f"unknown PDU type 0x{kind:02X} ({length} bytes)")
+    if kind in (ASSOCIATE_RQ, ASSOCIATE_AC):
+        cap = MAX_ASSOCIATE_BYTES
+    elif kind == P_DATA_TF:
+        cap = max_data
+    else:
+        cap = FIXED_BODY_BYTES
+    if cap and length > cap:
+        raise ProtocolError(f"{name} of {length} bytes, more than the {cap} accepted")
 
 
 @dataclass
@@ -100,10 +158,20 @@ class Rejection:
     source: int
     reason: int
 
+    @property
+    def permanent(self) -> bool:
+        """rejected-permanent: asking again will not help until someone changes a setting.
+        Any other result value is taken as transient."""
+        return self.result == REJECTED_PERMANENT
+
     def __str__(self) -> str:
-        kind = "permanently" if self.result == REJECTED_PERMANENT else "transiently"
+        kind = "rejected-permanent" if self.permanent else "rejected-transient"
+        who = _REJECT_SOURCES.get(self.source, f"source {self.source}")
         text = _REJECT_REASONS.get((self.source, self.reason), f"reason {self.reason}")
-        return f"{kind}: {text}"
+        return (
+            f"{kind} by {who}: {text} "
+            f"(result {self.result}, source {self.source}, reason {self.reason})"
+        )
 
 
 def _uid(value: str) -> bytes:

@@ -37,6 +37,7 @@ from station.net.pdu import (
     Rejection,
     decode_association,
     decode_reject,
+    describe_abort,
     encode_request,
 )
 
@@ -53,7 +54,7 @@ class ConnectFailed(AssociationError):
 
 class AssociationRejected(AssociationError):
     def __init__(self, rejection: Rejection) -> None:
-        super().__init__(f"rejected the association {rejection}")
+        super().__init__(f"rejected the association: {rejection}")
         self.rejection = rejection
 
 
@@ -102,6 +103,7 @@ class Requestor:
                 sock.close()
                 raise ConnectFailed(f"TLS handshake failed: {exc}") from exc
         channel = Channel(sock)
+        channel.max_receive = max_pdu
         proposed = [
             PresentationContext(2 * i + 1, abstract, list(syntaxes))
             for i, (abstract, syntaxes) in enumerate(contexts)
@@ -111,7 +113,7 @@ class Requestor:
             channel.send_raw(encode_request(request))
             kind, length = channel.read_pdu_header()
             body = channel.read(length)
-        except (OSError, ConnectionClosed) as exc:
+        except (OSError, ConnectionClosed, ProtocolError) as exc:
             channel.close()
             raise AssociationError(
                 f"aborted the association request (or did not answer it): {exc}"
@@ -121,8 +123,11 @@ class Requestor:
             raise AssociationRejected(decode_reject(body))
         if kind != ASSOCIATE_AC:
             channel.close()
-            what = "aborted" if kind == ABORT else f"answered with PDU type 0x{kind:02X} to"
-            raise AssociationError(f"{what} the association request")
+            if kind == ABORT:
+                raise AssociationError(f"aborted the association request ({describe_abort(body)})")
+            raise AssociationError(
+                f"answered with PDU type 0x{kind:02X} to the association request"
+            )
         answer = decode_association(body, kind)
         results = {cx.id: cx for cx in answer.contexts}
         for cx in proposed:
@@ -156,7 +161,7 @@ class Requestor:
         except (OSError, ConnectionClosed, PeerAborted, PeerReleased, ProtocolError) as exc:
             self.channel.abort()
             if isinstance(exc, PeerAborted):
-                detail = "the peer aborted the association (A-ABORT)"
+                detail = f"the peer aborted the association ({exc})"
             elif isinstance(exc, PeerReleased):
                 detail = "the peer asked to release instead of answering"
             elif isinstance(exc, TimeoutError):
@@ -218,7 +223,7 @@ class Requestor:
                     self.channel.send_raw(RELEASE_REPLY)
                 if kind in (RELEASE_RP, ABORT):
                     break
-        except (OSError, ConnectionClosed):
+        except (OSError, ConnectionClosed, ProtocolError):
             pass
         self.channel.close()
 

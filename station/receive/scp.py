@@ -54,6 +54,7 @@ from station.net.pdu import (
     PresentationContext,
     ProtocolError,
     Rejection,
+    check_length,
     decode_association,
     encode_accept,
     encode_reject,
@@ -67,8 +68,6 @@ from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, identify
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 1 << 20
-BUSY = Rejection(REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, REASON_LOCAL_LIMIT_EXCEEDED)
 WRITE_BUFFER = 256 * 1024
 
 
@@ -203,10 +202,7 @@ class StoreSCP:
                     f"PDU type 0x{kind:02X} where an A-ASSOCIATE-RQ (0x01) was expected "
                     "(not a DICOM peer?)"
                 )
-            if length > MAX_REQUEST_BYTES:
-                raise ProtocolError(
-                    f"A-ASSOCIATE-RQ of {length} bytes, more than the {MAX_REQUEST_BYTES} accepted"
-                )
+            check_length(kind, length)
             request = decode_association(channel.read_by(length, deadline), kind)
         except (OSError, ConnectionClosed, ProtocolError) as exc:
             timed_out = isinstance(exc, TimeoutError)
@@ -245,6 +241,7 @@ class StoreSCP:
         self.metrics.associations_active.set(self.connections.active())
         accept = self.policy.answer(request, self.listen.max_pdu_bytes)
         channel.max_send = request.max_pdu
+        channel.max_receive = self.listen.max_pdu_bytes
         try:
             channel.send_raw(encode_accept(accept))
         except OSError as exc:
