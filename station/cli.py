@@ -17,16 +17,24 @@ import typer
 from station import __version__
 from station.config import DicomDestinationConfig, StationConfig, load_config
 from station.dispatch.dicom import Peer, echo, store
-from station.errors import ConfigError, RejectedInstance, SendError
+from station.errors import (
+    ConfigError,
+    JournalError,
+    RejectedInstance,
+    SendError,
+    StorageInUse,
+)
 from station.inputs import input_files
 from station.install import hidden_paths, install_service
 from station.journal import Journal
+from station.lock import StorageLock
 from station.logs import LogFormat, setup_logging
 from station.preview import render, route, summarize
 from station.records import Instance
+from station.recovery import journal_path, rebuild, untrusted
 from station.scaffold import new_plugin
 from station.service import Station, load_setup
-from station.spool import identify
+from station.spool import Spool, identify
 from station.status import render_status, status_report
 from station.systemd import Notifier
 from station.trace import render as render_trace
@@ -66,10 +74,15 @@ def _config(path: Path | None) -> StationConfig:
 
 
 def _journal(config: StationConfig) -> Journal:
-    path = config.storage.path / "journal.sqlite"
+    """The journal for commands beside a running station: no lock taken, no spool touched,
+    no schema change."""
+    path = journal_path(config.storage.path)
     if not path.exists():
         raise fail(f"no journal at {path}: has the station run with this config?")
-    return Journal(path)
+    try:
+        return Journal(path, migrate=False)
+    except JournalError as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -83,6 +96,14 @@ def run(
             "study_uid, series_uid, calling_ae)."
         ),
     ] = LogFormat.human,
+    recover: Annotated[
+        bool,
+        typer.Option(
+            "--recover",
+            help="When the journal cannot be trusted (missing, empty, damaged) beside "
+            "spooled data, rebuild it from the spool first, as `station recover` does.",
+        ),
+    ] = False,
 ) -> None:
     """Run the service: DICOM SCP, series assembly, routing, dispatch and /metrics.
 
@@ -94,9 +115,9 @@ def run(
     settings = _config(config)
     notifier = Notifier()
     try:
-        station = Station(settings)
+        station = Station(settings, recover=recover)
         station.start()
-    except ConfigError as exc:
+    except (ConfigError, JournalError, StorageInUse) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot start: {exc}") from None
@@ -292,6 +313,34 @@ def retry(
             + (f" for series {series}" if series else "")
         )
     typer.echo(f"re-queued {count}; a running station picks them up within a second")
+
+
+@app.command()
+def recover(config: ConfigOption = None) -> None:
+    """Rebuild a missing, empty or damaged journal from the spool: every spooled instance
+    that parses is journaled again as received (and delivered again: at-least-once). The
+    old journal is kept aside under a timestamped name. Refused while a station runs."""
+    settings = _config(config)
+    storage = settings.storage.path
+    try:
+        lock = StorageLock(storage).acquire()
+    except StorageInUse as exc:
+        raise fail(f"{exc}; stop it before recovering") from None
+    try:
+        spool = Spool(storage, settings.storage.min_free_bytes)
+        problem = untrusted(storage, spool)
+        if problem is None:
+            typer.echo(f"journal {journal_path(storage)} is sound: nothing to recover")
+            return
+        typer.echo(f"{problem}: rebuilding it from {spool.files}")
+        done = rebuild(storage, spool)
+    finally:
+        lock.release()
+    for path in done.kept_aside:
+        typer.echo(f"kept the old journal as {path}")
+    for path in done.unreadable:
+        typer.echo(f"quarantined {path}: not a readable DICOM instance", err=True)
+    typer.echo(f"re-queued {done.requeued} instances; `station run` routes and delivers them again")
 
 
 plugins_app = typer.Typer(help="Loaded plugins; `station plugins new NAME` starts one.")

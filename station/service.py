@@ -20,12 +20,13 @@ from station.config import (
 from station.dispatch.base import Destination, build_destination
 from station.dispatch.dispatcher import Dispatcher
 from station.errors import ConfigError
-from station.journal import Journal
+from station.lock import StorageLock
 from station.metrics import Metrics, MetricsServer
 from station.plugins import Plugins
 from station.receive.folder import DropFolders, Ingestor
 from station.receive.intake import Intake
 from station.receive.scp import StoreSCP
+from station.recovery import open_journal, rebuild, untrusted
 from station.router import Router
 from station.routes import Route, check_references, load_routes
 from station.series import Assembler
@@ -87,16 +88,38 @@ def load_setup(
 class Station:
     """One running station. ``start()`` then ``stop()``; everything else is owned here."""
 
-    def __init__(self, config: StationConfig, plugins: Plugins | None = None) -> None:
+    def __init__(
+        self, config: StationConfig, plugins: Plugins | None = None, recover: bool = False
+    ) -> None:
+        """Load everything, take the storage's lock (StorageInUse when another station
+        has it) and open the journal, checked (JournalError when it cannot be trusted;
+        with ``recover`` it is first rebuilt from the spool in that case)."""
         self.config = config
         self.metrics = Metrics()
         setup = load_setup(config, plugins, self.metrics)
         self.plugins = setup.plugins
         self.plugins.metrics = self.metrics
         self.routes = setup.routes
-        self.spool = Spool(config.storage.path, config.storage.min_free_bytes)
+        storage = config.storage.path
+        self.lock = StorageLock(storage).acquire()
+        try:
+            self.spool = Spool(storage, config.storage.min_free_bytes)
+            if recover and (problem := untrusted(storage, self.spool)):
+                done = rebuild(storage, self.spool)
+                log.warning(
+                    "%s: rebuilt the journal from the spool: %d instances re-queued, "
+                    "%d unreadable files quarantined; the old journal is kept as %s",
+                    problem,
+                    done.requeued,
+                    len(done.unreadable),
+                    ", ".join(map(str, done.kept_aside)) or "-",
+                )
+            hint = "station recover" + (f" --config {config.source}" if config.source else "")
+            self.journal = open_journal(storage, self.spool, hint)
+        except BaseException:
+            self.lock.release()
+            raise
         self.metrics.spool_min_free_bytes.set(config.storage.min_free_bytes)
-        self.journal = Journal(config.storage.path / "journal.sqlite")
         self.destinations: dict[str, Destination] = {
             name: build_destination(name, dest, self.plugins.destination_types, config.ae_title)
             for name, dest in setup.destinations.items()
@@ -166,15 +189,16 @@ class Station:
         )
         return True
 
-    def recover(self) -> None:
-        """After a restart: drop files that were never acknowledged. Batches left open or
-        complete and pending deliveries continue by themselves from the journal."""
+    def remove_unacknowledged(self) -> None:
+        """After a restart: drop files that were never acknowledged (the journal, checked
+        when opened, does not know them). Batches left open or complete and pending
+        deliveries continue by themselves from the journal."""
         removed = self.spool.remove_orphans(self.journal.known_paths())
         if removed:
             log.info("removed %d spool files that were never acknowledged", removed)
 
     def start(self) -> None:
-        self.recover()
+        self.remove_unacknowledged()
         if self.http:
             self.http.start()
         self.dispatcher.start()
@@ -203,8 +227,9 @@ class Station:
             self.http.stop()
         if sending:  # their deliveries stay pending: sent again (at least once) next time
             log.warning("stopping while still sending to %s", ", ".join(sending))
-            return
+            return  # the lock goes with the process, once those sends are cut off
         self.journal.close()
+        self.lock.release()
 
     def stalled(self, max_age: float) -> str | None:
         """What has stopped working, for the systemd watchdog: series assembly not turning

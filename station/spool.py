@@ -160,6 +160,26 @@ def identify_with_pydicom(path: Path) -> Header:
     )
 
 
+FILE_MODE = 0o600  # spooled instances are PHI: owner only, whatever the umask
+FOLDER_MODE = 0o700
+
+
+def private_dir(path: Path, mode: int = FOLDER_MODE) -> None:
+    """Create ``path`` and any missing parents with exactly ``mode`` (mkdir applies the
+    umask, so each new folder gets an explicit chmod). Existing folders keep theirs."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by another thread: its maker sets the mode
+        os.chmod(folder, mode)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -209,10 +229,15 @@ class FreeFiles:
         the first (for the caller) join the reserve."""
         folder = self.root / uuid.uuid4().hex[:12]
         folder.mkdir()
+        os.chmod(folder, FOLDER_MODE)
         paths = []
         for n in range(self.per_folder):
             path = folder / f"{n:04d}.dcm"
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)
+            finally:
+                os.close(fd)
             paths.append(path)
         fsync_dir(folder)
         fsync_dir(self.root)
@@ -228,7 +253,9 @@ class Spool:
         self.root = root
         self.files = root / "spool"
         self.min_free_bytes = min_free_bytes
-        self.files.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
+        private_dir(self.files)
+        os.chmod(self.files, FOLDER_MODE)  # also when an older station made it 0755
         self.free = FreeFiles(self.files)
 
     def free_bytes(self) -> int:
@@ -275,6 +302,18 @@ class Spool:
                 except FileNotFoundError:
                     continue
         return total
+
+    def data_files(self) -> list[Path]:
+        """The spool files holding data, oldest first (by modification time)."""
+        found = []
+        for dirpath, _dirs, files in os.walk(self.files):
+            for name in files:
+                path = Path(dirpath) / name
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    if stat.st_size:
+                        found.append((stat.st_mtime_ns, str(path), path))
+        return [path for _mtime, _name, path in sorted(found)]
 
     def remove(self, path: Path) -> None:
         """Remove a spool file, and its series folder once empty."""
