@@ -45,6 +45,7 @@ DEFER_BYTES = 1024  # values longer than this (pixel data above all) stay on dis
 
 # DIMSE statuses the receive path answers with.
 OUT_OF_RESOURCES = 0xA700
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 
@@ -284,6 +285,16 @@ class Spool:
             raise RejectedInstance(
                 OUT_OF_RESOURCES, reason, f"cannot create a spool file: {exc}"
             ) from exc
+
+    def refuse(self, path: Path, exc: Exception, doing: str) -> RejectedInstance:
+        """Remove a claimed file that could not be stored (nothing partial stays) and
+        return the refusal to answer with: 0xA700, reason disk_full when it was out of
+        space (ENOSPC, EDQUOT, SQLite's "database or disk is full")."""
+        self.remove(path)
+        full = getattr(exc, "errno", None) in DISK_FULL or "disk is full" in str(exc)
+        return RejectedInstance(
+            OUT_OF_RESOURCES, "disk_full" if full else "internal", f"cannot {doing}: {exc}"
+        )
 
     def commit(self, path: Path) -> None:
         """Make a claimed file's content durable (its name already is)."""

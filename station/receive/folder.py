@@ -32,7 +32,7 @@ from station.errors import RejectedInstance
 from station.inputs import is_zip_archive
 from station.receive.intake import Intake, Origin
 from station.records import Dropped
-from station.spool import identify
+from station.spool import DISK_FULL, identify
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
@@ -77,7 +77,13 @@ class Ingestor:
                     self.journal.mark_dropped(dropped, outcome)
                 else:
                     partial = self.spool.claim(stat.st_size)
-                    shutil.copyfile(path, partial)
+                    try:
+                        shutil.copyfile(path, partial)
+                    except OSError as exc:
+                        if exc.errno in DISK_FULL:  # pause the drop folder, retry later
+                            raise self.spool.refuse(partial, exc, "copy into the spool") from exc
+                        self.spool.remove(partial)
+                        raise
                     outcome = self._take(watch, partial, path.name, dropped)
             except Unacceptable as exc:
                 self._quarantine_file(path, str(exc))
