@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from station.errors import StorageInUse
-from station.spool import FILE_MODE, private_dir
+from station.spool import FILE_MODE, make_folder
 
 LOCK_NAME = "station.lock"
 
@@ -29,7 +29,7 @@ class StorageLock:
 
     def acquire(self) -> StorageLock:
         """Take the lock; raise StorageInUse naming the holder's PID when another has it."""
-        private_dir(self.storage)
+        make_folder(self.storage)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,7 +22,7 @@ from station.errors import JournalError, RejectedInstance
 from station.journal import Journal
 from station.net.pdu import IMPLEMENTATION_CLASS_UID
 from station.records import Received
-from station.spool import Spool, identify, private_dir, read_header
+from station.spool import Spool, identify, make_folder, read_header
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def rebuild(storage: Path, spool: Spool, now: float | None = None) -> Recovered:
             try:
                 header = identify(path)
             except RejectedInstance as exc:
-                result.unreadable.append(_quarantine(storage, path, now))
+                result.unreadable.append(_quarantine(spool, path, now))
                 log.warning("recover: %s does not parse (%s): moved to quarantine", path, exc)
                 continue
             source, calling = _sender(path)
@@ -145,9 +145,9 @@ def _sender(path: Path) -> tuple[str, str]:
     return "folder", ""
 
 
-def _quarantine(storage: Path, path: Path, now: float) -> Path:
-    folder = storage / "quarantine" / f"spool-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
-    private_dir(folder)
+def _quarantine(spool: Spool, path: Path, now: float) -> Path:
+    folder = spool.quarantine / f"spool-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+    make_folder(folder)
     target = folder / f"{path.parent.name}-{path.name}"
     shutil.move(path, target)
     return target

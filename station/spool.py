@@ -4,6 +4,11 @@ Layout under the storage path::
 
     spool/<folder>/<n>.dcm   one instance each, fdatasynced before acknowledgement
     journal.sqlite           the state (see journal.py): which file holds which instance
+    quarantine/              input refused as a whole (drop-folder files, zip members)
+    station.lock             held by the running station (see lock.py)
+
+All of it is PHI: folders are created 0700 and files 0600, whatever the umask; the spool
+and quarantine folders are made so at every start (an older station made them 0755).
 
 Spool files are created empty ahead of need, a folder of them at a time, and made durable
 with one folder fsync (``FreeFiles``). An incoming data set is written into the next free
@@ -165,9 +170,10 @@ FILE_MODE = 0o600  # spooled instances are PHI: owner only, whatever the umask
 FOLDER_MODE = 0o700
 
 
-def private_dir(path: Path, mode: int = FOLDER_MODE) -> None:
-    """Create ``path`` and any missing parents with exactly ``mode`` (mkdir applies the
-    umask, so each new folder gets an explicit chmod). Existing folders keep theirs."""
+def make_folder(path: Path, mode: int = FOLDER_MODE) -> None:
+    """Create ``path`` and any missing parents with exactly ``mode`` (default owner-only;
+    mkdir applies the umask, so each new folder gets an explicit chmod). Existing folders
+    keep theirs."""
     missing = []
     for folder in (path, *path.parents):
         if folder.exists():
@@ -253,10 +259,12 @@ class Spool:
     def __init__(self, root: Path, min_free_bytes: int) -> None:
         self.root = root
         self.files = root / "spool"
+        self.quarantine = root / "quarantine"
         self.min_free_bytes = min_free_bytes
-        private_dir(root)
-        private_dir(self.files)
-        os.chmod(self.files, FOLDER_MODE)  # also when an older station made it 0755
+        make_folder(root)
+        for folder in (self.files, self.quarantine):
+            make_folder(folder)
+            os.chmod(folder, FOLDER_MODE)
         self.free = FreeFiles(self.files)
 
     def free_bytes(self) -> int:
