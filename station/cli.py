@@ -334,6 +334,8 @@ def recover(config: ConfigOption = None) -> None:
             return
         typer.echo(f"{problem}: rebuilding it from {spool.files}")
         done = rebuild(storage, spool)
+    except JournalError as exc:
+        raise fail(str(exc)) from None
     finally:
         lock.release()
     for path in done.kept_aside:

@@ -109,6 +109,10 @@ FILE_MODE = 0o600  # whole instances' identities and peers: owner only (SQLite g
 # -wal and -shm files the database file's mode)
 
 
+class NewerJournal(JournalError):
+    """The journal was written by a newer station: not damaged, and not to be rebuilt."""
+
+
 @dataclass
 class _Pending:
     """An instance waiting to be journaled by whichever thread commits next."""
@@ -165,7 +169,7 @@ class Journal:
     def _upgrade(self, migrate: bool) -> None:
         version = self.version()
         if version > SCHEMA_VERSION:
-            raise JournalError(
+            raise NewerJournal(
                 f"journal {self.path} has schema version {version}; this station knows "
                 f"versions up to {SCHEMA_VERSION}: it was written by a newer station. "
                 "Run that version (or a newer one), or restore a journal it wrote"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from station.errors import JournalError, RejectedInstance
-from station.journal import Journal
+from station.journal import Journal, NewerJournal
 from station.net.pdu import IMPLEMENTATION_CLASS_UID
 from station.records import Received
 from station.spool import Spool, identify, make_folder, read_header
@@ -35,7 +35,8 @@ def journal_path(storage: Path) -> Path:
 
 
 def untrusted(storage: Path, spool: Spool) -> str | None:
-    """Why the journal under ``storage`` cannot be trusted with this spool, or None."""
+    """Why the journal under ``storage`` cannot be trusted with this spool, or None.
+    Raises NewerJournal for a journal of a newer schema (no rebuild would be right)."""
     path = journal_path(storage)
     has_data = bool(spool.data_files())
     if not path.exists() or path.stat().st_size == 0:
@@ -44,6 +45,8 @@ def untrusted(storage: Path, spool: Spool) -> str | None:
         return f"journal {path} is {'empty' if path.exists() else 'missing'}"
     try:
         journal = Journal(path)
+    except NewerJournal:
+        raise  # sound, only newer than this code: neither trusted nor rebuilt
     except JournalError as exc:
         return str(exc)
     try:

@@ -69,6 +69,18 @@ def test_newer_journal_is_refused_with_its_version(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(JournalError, match=f"schema version {SCHEMA_VERSION + 1}.*up to 1"):
         Journal(path)
+    config = tmp_path / "station.yaml"
+    config.write_text(yaml.safe_dump({"storage": str(tmp_path)}))
+    for command in ("run", "recover"):  # neither starts on it nor rebuilds it
+        done = subprocess.run(
+            [sys.executable, "-m", "station", command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1
+        assert "written by a newer station" in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("journal.sqlite.broken-*"))
 
 
 def test_migrations_run_in_order_each_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
