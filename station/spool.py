@@ -51,6 +51,9 @@ DEFER_BYTES = 1024  # values longer than this (pixel data above all) stay on dis
 # DIMSE statuses the receive path answers with.
 OUT_OF_RESOURCES = 0xA700
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Free space always kept for the journal, whatever storage.min_free_bytes says: with a
+# disk filled to the last byte, series could no longer be completed or delivered.
+JOURNAL_RESERVE_BYTES = 256 * 1024
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 
@@ -271,14 +274,17 @@ class Spool:
         return shutil.disk_usage(self.root).free
 
     def check_space(self, incoming: int = 0) -> None:
-        """Refuse new data (0xA700) before the disk falls below the configured reserve."""
+        """Refuse new data (0xA700) before the disk falls below the configured reserve, and
+        never below JOURNAL_RESERVE_BYTES: what was taken in must still be completed,
+        routed and delivered, and each of those steps writes the journal."""
         free = self.free_bytes()
-        if free - incoming < self.min_free_bytes:
+        reserve = max(self.min_free_bytes, JOURNAL_RESERVE_BYTES)
+        if free - incoming < reserve:
             raise RejectedInstance(
                 OUT_OF_RESOURCES,
                 "disk_full",
                 f"only {free} bytes free under {self.root}; storage.min_free_bytes is "
-                f"{self.min_free_bytes}",
+                f"{self.min_free_bytes} (at least {JOURNAL_RESERVE_BYTES} stay for the journal)",
             )
 
     def claim(self, incoming: int = 0) -> Path:

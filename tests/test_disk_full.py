@@ -57,10 +57,10 @@ def test_full_disk_mid_receive_answers_a700_and_keeps_the_association(
     ballast.write_bytes(bytes(512 * 1024))  # space an operator can free later
     made = make_instances(tmp_path / "made", 60)  # 60 x 39 KiB: more than 2 MiB
     for number, path in enumerate(made):
-        if number % 8 == 7:  # some of 512 KiB: the disk fills up inside their data sets
+        if number % 8 == 7:  # some of 1.5 MiB: the disk fills up inside their data sets
             ds = dcmread(path)
-            ds.Rows = ds.Columns = 512
-            ds.PixelData = bytes(512 * 512 * 2)
+            ds.Rows, ds.Columns = 768, 1024
+            ds.PixelData = bytes(768 * 1024 * 2)
             ds.save_as(path, enforce_file_format=True)
     try:
         ae = AE(ae_title="FILLER")
@@ -95,6 +95,43 @@ def test_full_disk_mid_receive_answers_a700_and_keeps_the_association(
         ballast.unlink()  # space is back: what was acknowledged goes out
         seen: dict[Path, str] = {}
         wait_for(lambda: arrived_uids(pacs, seen) >= acknowledged, 60, message="delivery")
+        assert "Traceback" not in station.log()
+    finally:
+        station.stop(signal.SIGKILL)
+        pacs.stop()
+
+
+def test_full_disk_pauses_the_drop_folder_until_space_is_back(
+    tmp_path: Path, tiny_fs: Path
+) -> None:
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    storage, dropbox = tiny_fs / "station", tmp_path / "dropbox"
+    config = {
+        "storage": {"path": str(storage), "min_free_bytes": 0},
+        "watch": [{"path": str(dropbox), "settle_seconds": 0.2}],
+        "series": {"quiet_seconds": 1},
+        "destinations": {"pacs": dicom_destination(pacs)},
+    }
+    station = StationProcess(tmp_path / "station", config).start()
+    ballast = tiny_fs / "ballast"
+    ballast.write_bytes(bytes(1200 * 1024))
+    made = make_instances(tmp_path / "made", 20)  # 20 x 39 KiB: more than is left
+    try:
+        dropbox.mkdir(exist_ok=True)
+        for path in made:
+            path.rename(dropbox / path.name)
+        wait_for(lambda: "drop folder paused" in station.log(), 30, message="a pause")
+        waiting = {p.name for p in dropbox.iterdir()}
+        assert waiting, "every file was taken although the disk is full"
+        held = {str(p) for p in (storage / "spool").rglob("*") if p.is_file() and p.stat().st_size}
+        with closing(sqlite3.connect(f"file:{storage / 'journal.sqlite'}?mode=ro", uri=True)) as db:
+            journaled = {row[0] for row in db.execute("SELECT path FROM instances")}
+        assert held <= journaled  # nothing partial in the spool
+
+        ballast.unlink()
+        wait_for(lambda: not any(dropbox.iterdir()), 60, message="the rest taken")
+        seen: dict[Path, str] = {}
+        wait_for(lambda: arrived_uids(pacs, seen) == set(made.values()), 60, message="all 20")
         assert "Traceback" not in station.log()
     finally:
         station.stop(signal.SIGKILL)
