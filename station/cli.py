@@ -19,18 +19,26 @@ import typer
 from station import __version__
 from station.config import DicomDestinationConfig, StationConfig, load_config
 from station.dispatch.dicom import Peer, echo, store
-from station.errors import ConfigError, RejectedInstance, SendError
+from station.errors import (
+    ConfigError,
+    JournalError,
+    RejectedInstance,
+    SendError,
+    StorageInUse,
+)
 from station.inputs import input_files
 from station.install import hidden_paths, install_service
 from station.journal import Journal
+from station.lock import StorageLock
 from station.logs import LogFormat, setup_logging
 from station.preflight import port_problems, storage_problem
 from station.preview import render, route, summarize
 from station.quarantine import Quarantine, QuarantineError
 from station.records import Instance
+from station.recovery import journal_path, rebuild, untrusted
 from station.scaffold import new_plugin
 from station.service import Station, load_setup
-from station.spool import identify
+from station.spool import Spool, identify
 from station.status import render_quarantine, render_status, status_report
 from station.systemd import Notifier
 from station.trace import render as render_trace
@@ -88,10 +96,15 @@ def _config(path: Path | None) -> StationConfig:
 
 
 def _journal(config: StationConfig) -> Journal:
-    path = config.storage.path / "journal.sqlite"
+    """The journal for commands beside a running station: no lock taken, no spool touched,
+    no schema change."""
+    path = journal_path(config.storage.path)
     if not path.exists():
         raise fail(f"no journal at {path}: has the station run with this config?")
-    return Journal(path)
+    try:
+        return Journal(path, migrate=False)
+    except JournalError as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -112,6 +125,14 @@ def run(
         int | None,
         typer.Option(min=0, max=65535, help="SCP port, 0 for any free one (listen.port)."),
     ] = None,
+    recover: Annotated[
+        bool,
+        typer.Option(
+            "--recover",
+            help="When the journal cannot be trusted (missing, empty, damaged) beside "
+            "spooled data, rebuild it from the spool first, as `station recover` does.",
+        ),
+    ] = False,
 ) -> None:
     """Run the service: DICOM SCP, series assembly, routing, dispatch and /metrics.
 
@@ -127,9 +148,9 @@ def run(
     settings = _config(config)
     notifier = Notifier()
     try:
-        station = Station(settings)
+        station = Station(settings, recover=recover)
         station.start()
-    except ConfigError as exc:
+    except (ConfigError, JournalError, StorageInUse) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot start: {exc}") from None
@@ -171,11 +192,14 @@ def check(config: ConfigOption = None) -> None:
         setup = load_setup(settings)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    problems = port_problems(settings)
+    running = StorageLock(settings.storage.path).holder()
+    problems = [] if running else port_problems(settings)  # its own ports are in use
     problem = storage_problem(settings.storage.path)
     if problems or problem:
         raise fail("\n".join([*problems, *([problem] if problem else [])]))
     typer.echo(f"{settings.source or 'built-in defaults'}: ok")
+    if running:
+        typer.echo(f"  a station (PID {running}) runs on this storage: its ports not checked")
     typer.echo(f"  destinations: {', '.join(setup.destinations)}")
     typer.echo(f"  routes: {', '.join(r.name for r in setup.routes)}")
     typer.echo(f"  plugins: {', '.join(i.name for i in setup.plugins.describe()) or 'none'}")
@@ -385,6 +409,36 @@ def _resolve(ids: list[int], config: Path | None, action: Callable[[Quarantine, 
     quarantine.journal.close()
     if errors:
         raise fail("\n".join(errors))
+
+
+@app.command()
+def recover(config: ConfigOption = None) -> None:
+    """Rebuild a missing, empty or damaged journal from the spool: every spooled instance
+    that parses is journaled again as received (and delivered again: at-least-once). The
+    old journal is kept aside under a timestamped name. Refused while a station runs."""
+    settings = _config(config)
+    storage = settings.storage.path
+    try:
+        lock = StorageLock(storage).acquire()
+    except StorageInUse as exc:
+        raise fail(f"{exc}; stop it before recovering") from None
+    try:
+        spool = Spool(storage, settings.storage.min_free_bytes)
+        problem = untrusted(storage, spool)
+        if problem is None:
+            typer.echo(f"journal {journal_path(storage)} is sound: nothing to recover")
+            return
+        typer.echo(f"{problem}: rebuilding it from {spool.files}")
+        done = rebuild(storage, spool)
+    except JournalError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        lock.release()
+    for path in done.kept_aside:
+        typer.echo(f"kept the old journal as {path}")
+    for path in done.unreadable:
+        typer.echo(f"quarantined {path}: not a readable DICOM instance", err=True)
+    typer.echo(f"re-queued {done.requeued} instances; `station run` routes and delivers them again")
 
 
 plugins_app = typer.Typer(help="Loaded plugins; `station plugins new NAME` starts one.")

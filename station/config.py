@@ -207,10 +207,28 @@ class DicomDestinationConfig(Model):
     retry: RetryConfig = RetryConfig()
 
 
+def _mode(value: Any) -> Any:
+    """A permission mode: an octal string ("0640", "640") or the number YAML made of an
+    unquoted 0640; rwx bits only (no setuid, setgid or sticky bit)."""
+    if isinstance(value, str):
+        if not re.fullmatch(r"0?[0-7]{3}", value.strip()):
+            raise ValueError(f'{value!r} is not an octal permission mode such as "0640"')
+        value = int(value, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ValueError(f'{value!r} is not a permission mode between "0000" and "0777"')
+    return value
+
+
+Mode = Annotated[int, BeforeValidator(_mode)]
+
+
 class FolderDestinationConfig(Model):
     type: Literal["folder"]
     path: Path
     retry: RetryConfig = RetryConfig()
+    # The files hold PHI: owner-only unless the config says otherwise.
+    file_mode: Mode = 0o600
+    folder_mode: Mode = 0o700
 
 
 class PluginDestinationConfig(BaseModel):

@@ -40,3 +40,12 @@ class PluginError(StationError):
         super().__init__(f"plugin {plugin!r}, hook {hook}: {message}")
         self.plugin = plugin
         self.hook = hook
+
+
+class JournalError(StationError):
+    """The journal cannot be trusted (missing beside spooled data, unreadable, corrupt, or
+    of a newer schema); the message names the file and what to run."""
+
+
+class StorageInUse(StationError):
+    """Another station holds the storage folder's lock."""

@@ -12,15 +12,17 @@ Delivery states: ``pending`` -> ``delivered`` or ``dead_letter``.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from station.errors import JournalError
 from station.records import (
     Batch,
     Delivery,
@@ -31,7 +33,7 @@ from station.records import (
     delivery_from_row,
 )
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
     study_uid TEXT NOT NULL,
@@ -101,8 +103,8 @@ CREATE TABLE IF NOT EXISTS dropped_files (
 );
 """
 
-# Rejected inputs held in quarantine (station/quarantine.py reads and writes these rows).
-# Kept apart from SCHEMA: added to the journal as one step, a migration of its own.
+# Version 2: rejected inputs held in quarantine (station/quarantine.py reads and writes
+# these rows).
 QUARANTINE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
@@ -120,6 +122,23 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine(state, source);
 """
+# The schema's history: step N takes a journal from version N-1 to N (``PRAGMA
+# user_version``), each in its own transaction. A step is SQL or a function of the open
+# connection; a new table or column is a new step appended here, never an edit of an old one.
+# Version 1 is the schema as it was before versions were kept, so an unversioned journal
+# that has the tables is adopted by running it (every statement is IF NOT EXISTS).
+Migration = str | Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[int, Migration]] = [
+    (1, SCHEMA_V1),
+    (2, QUARANTINE_SCHEMA),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+FILE_MODE = 0o600  # whole instances' identities and peers: owner only (SQLite gives the
+# -wal and -shm files the database file's mode)
+
+
+class NewerJournal(JournalError):
+    """The journal was written by a newer station: not damaged, and not to be rebuilt."""
 
 
 @dataclass
@@ -135,23 +154,86 @@ class _Pending:
 
 
 class Journal:
-    """Thread-safe access to the journal database. One instance per process."""
+    """Thread-safe access to the journal database. One instance per process.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    Opening checks the schema version and brings an older journal up to date (``migrate``;
+    read-only commands pass False and refuse an outdated one instead of writing to it). A
+    file that is not a readable SQLite database, or of a version newer than this code
+    knows, raises JournalError naming it. The file is created owner-only (0600)."""
+
+    def __init__(self, path: Path, *, migrate: bool = True) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
         self.group_commits = 0  # transactions record_instance committed (tests read it)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._lock:
-            self._db.executescript(SCHEMA)
-            self._db.executescript(QUARANTINE_SCHEMA)
+        self.fresh = False  # whether opening found no tables (a new or emptied journal)
+        _create_private(path)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            with self._lock:
+                self._upgrade(migrate)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JournalError(f"journal {path} cannot be read: {exc}") from exc
+        except JournalError:
+            self._db.close()
+            raise
+
+    def version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def has_tables(self) -> bool:
+        """Whether the journal holds the station's tables (a new, empty file does not)."""
+        row = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='instances'"
+        ).fetchone()
+        return row is not None
+
+    def _upgrade(self, migrate: bool) -> None:
+        version = self.version()
+        if version > SCHEMA_VERSION:
+            raise NewerJournal(
+                f"journal {self.path} has schema version {version}; this station knows "
+                f"versions up to {SCHEMA_VERSION}: it was written by a newer station. "
+                "Run that version (or a newer one), or restore a journal it wrote"
+            )
+        self.fresh = version == 0 and not self.has_tables()
+        if version == 0 and not self.fresh:
+            version = 1  # the version 1 schema, only not stamped yet
+        steps = [(v, step) for v, step in MIGRATIONS if v > version]
+        if steps and not migrate:
+            raise JournalError(
+                f"journal {self.path} has schema version {version}, not {SCHEMA_VERSION}: "
+                "`station run` brings it up to date"
+            )
+        for target, step in steps:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if isinstance(step, str):
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                else:
+                    step(self._db)
+                self._db.execute(f"PRAGMA user_version={int(target)}")
+            except BaseException:
+                self._rollback()
+                raise
+            self._db.execute("COMMIT")
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check``; raise JournalError naming what is damaged."""
+        try:
+            rows = [r[0] for r in self.query("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"journal {self.path} is damaged: {exc}") from exc
+        if rows != ["ok"]:
+            raise JournalError(f"journal {self.path} is damaged: {'; '.join(rows[:5])}")
 
     def close(self) -> None:
         with self._lock:
@@ -164,9 +246,23 @@ class Journal:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()  # disk full at commit: leave no transaction open behind
+                raise
+
+    def _rollback(self) -> None:
+        """Roll back what is still open. SQLite may have rolled back by itself (disk full,
+        I/O error); then there is nothing to do, and the next transaction starts clean."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                if self._db.in_transaction:
+                    raise
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Read rows (for reports such as status and trace; writes go through methods)."""
@@ -563,3 +659,20 @@ class Journal:
             db.execute("DELETE FROM instances WHERE batch_id=?", (batch_id,))
             db.execute("UPDATE batches SET state='expired' WHERE id=?", (batch_id,))
         return paths
+
+
+def _create_private(path: Path) -> None:
+    """Create the journal's file and folder owner-only whatever the umask (SQLite then gives
+    its -wal and -shm files the same mode); an existing journal is made owner-only too."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.chmod(side, FILE_MODE)

@@ -8,6 +8,7 @@ first one; instances arriving later open a new batch of the same series.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,6 +24,7 @@ from station.records import Batch
 from station.spool import read_header
 
 log = logging.getLogger(__name__)
+RETRY_SECONDS = 1.0  # after a failed pass: a full disk or broken journal is not hammered
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,14 @@ class Assembler:
             self._turned = time.monotonic()
             try:
                 self.close_due()
+            except sqlite3.OperationalError as exc:  # disk full, journal locked too long
+                log.error("series assembly cannot write the journal: %s; retrying", exc)
+                self._stop.wait(RETRY_SECONDS)
+                continue
             except Exception:
                 log.exception("series assembly failed; retrying")
+                self._stop.wait(RETRY_SECONDS)
+                continue
             deadline = self.journal.next_open_deadline(self.quiet, self.max_wait)
             wait = self.poll if deadline is None else min(1.0, max(0.0, deadline - time.time()))
             self._stop.wait(max(wait, 0.01))

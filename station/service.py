@@ -22,7 +22,7 @@ from station.config import (
 from station.dispatch.base import Destination, build_destination
 from station.dispatch.dispatcher import Dispatcher
 from station.errors import ConfigError
-from station.journal import Journal
+from station.lock import StorageLock
 from station.metrics import Metrics, MetricsServer
 from station.net.tls import client_context, server_context
 from station.plugins import Plugins
@@ -31,6 +31,7 @@ from station.receive.folder import DropFolders
 from station.receive.ingest import Ingestor
 from station.receive.intake import Intake
 from station.receive.scp import StoreSCP
+from station.recovery import open_journal, rebuild, untrusted
 from station.router import Router
 from station.routes import Route, check_references, load_routes
 from station.series import Assembler
@@ -114,7 +115,12 @@ def _tls_problems(config: StationConfig, destinations: Mapping[str, object]) -> 
 class Station:
     """One running station. ``start()`` then ``stop()``; everything else is owned here."""
 
-    def __init__(self, config: StationConfig, plugins: Plugins | None = None) -> None:
+    def __init__(
+        self, config: StationConfig, plugins: Plugins | None = None, recover: bool = False
+    ) -> None:
+        """Load everything, take the storage's lock (StorageInUse when another station
+        has it) and open the journal, checked (JournalError when it cannot be trusted;
+        with ``recover`` it is first rebuilt from the spool in that case)."""
         self.config = config
         self.metrics = Metrics()
         setup = load_setup(config, plugins, self.metrics)
@@ -125,11 +131,27 @@ class Station:
         problem = storage_problem(storage)
         if problem:
             raise ConfigError(problem)
+        self.lock = StorageLock(storage).acquire()
         try:
             self.spool = Spool(storage, config.storage.min_free_bytes)
-            self.journal = Journal(storage / "journal.sqlite")
+            if recover and (problem := untrusted(storage, self.spool)):
+                done = rebuild(storage, self.spool)
+                log.warning(
+                    "%s: rebuilt the journal from the spool: %d instances re-queued, "
+                    "%d unreadable files quarantined; the old journal is kept as %s",
+                    problem,
+                    done.requeued,
+                    len(done.unreadable),
+                    ", ".join(map(str, done.kept_aside)) or "-",
+                )
+            hint = "station recover" + (f" --config {config.source}" if config.source else "")
+            self.journal = open_journal(storage, self.spool, hint)
         except (OSError, sqlite3.Error) as exc:
+            self.lock.release()
             raise ConfigError(f"storage {storage}: cannot be set up: {exc}") from exc
+        except BaseException:
+            self.lock.release()
+            raise
         self.metrics.spool_min_free_bytes.set(config.storage.min_free_bytes)
         self.destinations: dict[str, Destination] = {
             name: build_destination(name, dest, self.plugins.destination_types, config.ae_title)
@@ -203,15 +225,16 @@ class Station:
         )
         return True
 
-    def recover(self) -> None:
-        """After a restart: drop files that were never acknowledged. Batches left open or
-        complete and pending deliveries continue by themselves from the journal."""
+    def remove_unacknowledged(self) -> None:
+        """After a restart: drop files that were never acknowledged (the journal, checked
+        when opened, does not know them). Batches left open or complete and pending
+        deliveries continue by themselves from the journal."""
         removed = self.spool.remove_orphans(self.journal.known_paths())
         if removed:
             log.info("removed %d spool files that were never acknowledged", removed)
 
     def start(self) -> None:
-        self.recover()
+        self.remove_unacknowledged()
         try:  # first: a port in use stops the start before any worker runs
             self.scp.start()
         except OSError as exc:
@@ -244,8 +267,9 @@ class Station:
             self.http.stop()
         if sending:  # their deliveries stay pending: sent again (at least once) next time
             log.warning("stopping while still sending to %s", ", ".join(sending))
-            return
+            return  # the lock goes with the process, once those sends are cut off
         self.journal.close()
+        self.lock.release()
 
     def stalled(self, max_age: float) -> str | None:
         """What has stopped working, for the systemd watchdog: series assembly not turning

@@ -4,6 +4,11 @@ Layout under the storage path::
 
     spool/<folder>/<n>.dcm   one instance each, fdatasynced before acknowledgement
     journal.sqlite           the state (see journal.py): which file holds which instance
+    quarantine/              input refused as a whole (drop-folder files, zip members)
+    station.lock             held by the running station (see lock.py)
+
+All of it is PHI: folders are created 0700 and files 0600, whatever the umask; the spool
+and quarantine folders are made so at every start (an older station made them 0755).
 
 Spool files are created empty ahead of need, a folder of them at a time, and made durable
 with one folder fsync (``FreeFiles``). An incoming data set is written into the next free
@@ -43,6 +48,10 @@ DEFER_BYTES = 1024  # values longer than this (pixel data above all) stay on dis
 
 # DIMSE statuses the receive path answers with.
 OUT_OF_RESOURCES = 0xA700
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Free space always kept for the journal, whatever storage.min_free_bytes says: with a
+# disk filled to the last byte, series could no longer be completed or delivered.
+JOURNAL_RESERVE_BYTES = 256 * 1024
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 
@@ -140,6 +149,27 @@ def identify_with_pydicom(path: Path) -> Header:
     )
 
 
+FILE_MODE = 0o600  # spooled instances are PHI: owner only, whatever the umask
+FOLDER_MODE = 0o700
+
+
+def make_folder(path: Path, mode: int = FOLDER_MODE) -> None:
+    """Create ``path`` and any missing parents with exactly ``mode`` (default owner-only;
+    mkdir applies the umask, so each new folder gets an explicit chmod). Existing folders
+    keep theirs."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by another thread: its maker sets the mode
+        os.chmod(folder, mode)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -189,10 +219,15 @@ class FreeFiles:
         the first (for the caller) join the reserve."""
         folder = self.root / uuid.uuid4().hex[:12]
         folder.mkdir()
+        os.chmod(folder, FOLDER_MODE)
         paths = []
         for n in range(self.per_folder):
             path = folder / f"{n:04d}.dcm"
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)
+            finally:
+                os.close(fd)
             paths.append(path)
         fsync_dir(folder)
         fsync_dir(self.root)
@@ -207,22 +242,29 @@ class Spool:
     def __init__(self, root: Path, min_free_bytes: int) -> None:
         self.root = root
         self.files = root / "spool"
+        self.quarantine = root / "quarantine"
         self.min_free_bytes = min_free_bytes
-        self.files.mkdir(parents=True, exist_ok=True)
+        make_folder(root)
+        for folder in (self.files, self.quarantine):
+            make_folder(folder)
+            os.chmod(folder, FOLDER_MODE)
         self.free = FreeFiles(self.files)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
     def check_space(self, incoming: int = 0) -> None:
-        """Refuse new data (0xA700) before the disk falls below the configured reserve."""
+        """Refuse new data (0xA700) before the disk falls below the configured reserve, and
+        never below JOURNAL_RESERVE_BYTES: what was taken in must still be completed,
+        routed and delivered, and each of those steps writes the journal."""
         free = self.free_bytes()
-        if free - incoming < self.min_free_bytes:
+        reserve = max(self.min_free_bytes, JOURNAL_RESERVE_BYTES)
+        if free - incoming < reserve:
             raise RejectedInstance(
                 OUT_OF_RESOURCES,
                 "disk_full",
                 f"only {free} bytes free under {self.root}; storage.min_free_bytes is "
-                f"{self.min_free_bytes}",
+                f"{self.min_free_bytes} (at least {JOURNAL_RESERVE_BYTES} stay for the journal)",
             )
 
     def claim(self, incoming: int = 0) -> Path:
@@ -238,6 +280,16 @@ class Spool:
                 OUT_OF_RESOURCES, reason, f"cannot create a spool file: {exc}"
             ) from exc
 
+    def refuse(self, path: Path, exc: Exception, doing: str) -> RejectedInstance:
+        """Remove a claimed file that could not be stored (nothing partial stays) and
+        return the refusal to answer with: 0xA700, reason disk_full when it was out of
+        space (ENOSPC, EDQUOT, SQLite's "database or disk is full")."""
+        self.remove(path)
+        full = getattr(exc, "errno", None) in DISK_FULL or "disk is full" in str(exc)
+        return RejectedInstance(
+            OUT_OF_RESOURCES, "disk_full" if full else "internal", f"cannot {doing}: {exc}"
+        )
+
     def commit(self, path: Path) -> None:
         """Make a claimed file's content durable (its name already is)."""
         fd = os.open(path, os.O_RDONLY)
@@ -245,6 +297,18 @@ class Spool:
             os.fdatasync(fd)
         finally:
             os.close(fd)
+
+    def data_files(self) -> list[Path]:
+        """The spool files holding data, oldest first (by modification time)."""
+        found = []
+        for dirpath, _dirs, files in os.walk(self.files):
+            for name in files:
+                path = Path(dirpath) / name
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    if stat.st_size:
+                        found.append((stat.st_mtime_ns, str(path), path))
+        return [path for _mtime, _name, path in sorted(found)]
 
     def remove(self, path: Path) -> None:
         """Remove a spool file, and its series folder once empty."""

@@ -6,6 +6,7 @@ send) run as subprocesses against a real DCMTK storescp, as a user would run the
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from typer.testing import CliRunner, Result
 
 from station import __version__ as station_version
 from station.cli import app
+from station.lock import StorageLock
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -117,6 +119,25 @@ def test_check_names_a_port_in_use(tmp_path: Path, held_port: int) -> None:
     result = cli("check", "--config", str(cfg))
     assert result.exit_code == 1
     assert result.output == f"error: metrics.port 127.0.0.1:{held_port} is in use\n"
+
+
+def test_check_beside_a_running_station_leaves_its_ports_alone(
+    tmp_path: Path, held_port: int
+) -> None:
+    """Check, then reload (README "Deploy as a service"): the ports in use are the running
+    station's own, which holds the storage's lock."""
+    cfg = write(
+        tmp_path / "station.yaml",
+        f"storage: data\nlisten: {{host: 127.0.0.1, port: {held_port}}}\n",
+    )
+    lock = StorageLock(tmp_path / "data").acquire()
+    try:
+        result = cli("check", "--config", str(cfg))
+    finally:
+        lock.release()
+    assert result.exit_code == 0, result.output
+    assert f"a station (PID {os.getpid()}) runs on this storage" in result.output
+    assert cli("check", "--config", str(cfg)).exit_code == 1  # no station: port in use
 
 
 def test_check_names_a_storage_that_cannot_be_made(tmp_path: Path) -> None:

@@ -277,13 +277,15 @@ def test_bad_input_is_refused_and_the_service_keeps_serving(tmp_path, pacs, star
     received = "station_instances_received_total"
     assert station.metric(received, source="scp", calling_ae="PYNETDICOM") == 1
 
-    # Nothing was written outside the spool: only the journal, the accepted instance in a
-    # spool file (spool/<folder>/<n>.dcm) and the empty spool files created ahead.
+    # Nothing was written outside the spool: only the journal, the storage's lock, the
+    # accepted instance in a spool file (spool/<folder>/<n>.dcm) and the empty spool files
+    # created ahead.
     written = {p.relative_to(storage) for p in storage.rglob("*") if p.is_file()}
     spooled = {p for p in written if p.parts[0] == "spool"}
     assert {str(dcmread(p).SOPInstanceUID) for p in station.spooled()} == expected
     assert all(len(p.parts) == 3 for p in spooled)
-    assert {p for p in written - spooled if not p.name.startswith("journal.sqlite")} == set()
+    others = {p for p in written - spooled if not p.name.startswith("journal.sqlite")}
+    assert others == {Path("station.lock")}
     assert not (tmp_path / "outside").exists() and not (station.workdir / "etc").exists()
 
 

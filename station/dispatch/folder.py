@@ -3,6 +3,9 @@
 Each file is written under a temporary name, fsynced and renamed into place, so a reader
 never sees half a file. Untransformed instances are hard-linked from the spool when the
 destination is on the same file system (the spool's later deletion leaves them intact).
+Files get ``file_mode`` and new folders ``folder_mode`` (0600 and 0700 unless configured),
+whatever the umask; a hard link shares its mode with the spool file, which stays
+unreachable to others inside the spool's 0700 folders.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from station.config import FolderDestinationConfig
 from station.dispatch.base import Prepare, SendResult
 from station.errors import TransientSendError
 from station.records import Instance
-from station.spool import fsync_dir, is_uid
+from station.spool import fsync_dir, is_uid, make_folder
 
 
 class FolderDestination:
     def __init__(self, name: str, config: FolderDestinationConfig) -> None:
         self.name = name
         self.root = config.path
+        self.file_mode = config.file_mode
+        self.folder_mode = config.folder_mode
 
     def send(self, instances: list[Instance], prepare: Prepare) -> SendResult:
         result = SendResult()
@@ -56,7 +61,7 @@ class FolderDestination:
                 new if is_uid(new) else old for new, old in zip(changed, uids, strict=True)
             )
         target = self.root / uids[0] / uids[1] / f"{uids[2]}.dcm"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(target.parent, self.folder_mode)
         partial = target.with_name(f".{target.name}.partial")
         partial.unlink(missing_ok=True)
         if dataset is None:
@@ -70,6 +75,7 @@ class FolderDestination:
         else:
             dataset.save_as(partial, enforce_file_format=True)
             _fsync(partial)
+        os.chmod(partial, self.file_mode)
         os.replace(partial, target)
         return target
 

@@ -6,10 +6,12 @@ DropFolders' concern (station.receive.folder)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -29,7 +31,7 @@ from station.inputs import (
 from station.quarantine import Quarantine, free_name
 from station.receive.intake import Intake, Origin
 from station.records import Dropped
-from station.spool import DEFER_BYTES, identify
+from station.spool import DEFER_BYTES, DISK_FULL, identify
 
 log = logging.getLogger(__name__)
 PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
@@ -102,7 +104,7 @@ class Ingestor:
         before = os.fstat(fh.fileno())
         partial = self.spool.claim(before.st_size)
         try:
-            with open(partial, "wb") as out:
+            with self._filling(partial), open(partial, "wb") as out:
                 shutil.copyfileobj(fh, out, COPY_CHUNK)
             after = os.fstat(fh.fileno())
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
@@ -110,6 +112,17 @@ class Ingestor:
             return self._take(watch, partial, path.name, dropped)
         except BaseException:
             self.spool.remove(partial)
+            raise
+
+    @contextlib.contextmanager
+    def _filling(self, partial: Path) -> Iterator[None]:
+        """Out of space while writing a spool file: RejectedInstance (0xA700, disk_full),
+        on which the drop folder pauses and tries again later; nothing partial stays."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise self.spool.refuse(partial, exc, "copy into the spool") from exc
             raise
 
     def _take(
@@ -147,7 +160,8 @@ class Ingestor:
             for info in members:
                 partial = self.spool.claim(info.file_size)
                 try:
-                    extraction.extract(info, partial)
+                    with self._filling(partial):
+                        extraction.extract(info, partial)
                     outcome = self._take(watch, partial, info.filename)
                 except RejectedInput as exc:
                     self.spool.remove(partial)

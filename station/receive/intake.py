@@ -3,6 +3,7 @@ the spool durably, journaled into its series' open batch, counted."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,14 @@ class Intake:
     ) -> Path:
         """Make ``incoming`` (a file claimed from the spool, written whole) durable and
         journal it; when this returns, the instance may be acknowledged. ``dropped`` names
-        the drop-folder file it came from, remembered in the same transaction."""
+        the drop-folder file it came from, remembered in the same transaction. When the
+        disk is full (or fails) at either step, the file is removed and RejectedInstance
+        (0xA700) raised."""
         size = incoming.stat().st_size
-        self.spool.commit(incoming)
+        try:
+            self.spool.commit(incoming)
+        except OSError as exc:
+            raise self.spool.refuse(incoming, exc, "make the spool file durable") from exc
         stored = incoming
         received = Received(
             sop_uid=header.sop_uid,
@@ -50,7 +56,10 @@ class Intake:
             peer=origin.peer,
             source=origin.source,
         )
-        _batch, stale = self.journal.record_instance(received, dropped=dropped)
+        try:
+            _batch, stale = self.journal.record_instance(received, dropped=dropped)
+        except sqlite3.OperationalError as exc:  # disk full or an I/O error at the commit
+            raise self.spool.refuse(incoming, exc, "journal the instance") from exc
         if stale is not None:
             self.spool.remove(stale)
         calling = self.metrics.calling_ae_label(origin.calling_ae)

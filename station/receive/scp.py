@@ -16,6 +16,7 @@ logic, hooks and sending happen elsewhere, so the sending modality is never held
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -64,7 +65,7 @@ from station.net.tls import server_context
 from station.receive.connections import Connection, Connections
 from station.receive.intake import Intake, Origin
 from station.receive.negotiation import Policy, Refusal
-from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, identify
+from station.spool import DATASET_MISMATCH, DISK_FULL, OUT_OF_RESOURCES, identify
 
 log = logging.getLogger(__name__)
 
@@ -333,11 +334,13 @@ class StoreSCP:
             status, comment = self._refused(exc, origin, {"calling_ae": calling})
             channel.send_command(context_id, response_to(command, status, comment))
             return
+        sink = _SpoolFile(incoming)
         try:
-            with open(os.open(incoming, os.O_WRONLY), "wb", buffering=WRITE_BUFFER) as fh:
-                fh.write(file_meta(sop_class, commanded, syntax, calling))
-                channel.receive_dataset(context_id, fh.write)
+            sink.write(file_meta(sop_class, commanded, syntax, calling))
+            channel.receive_dataset(context_id, sink.write)
+            sink.close()
         except BaseException as exc:
+            sink.discard()
             self.intake.spool.remove(incoming)
             if isinstance(exc, (OSError, ConnectionClosed, PeerAborted, ProtocolError)):
                 log.warning(
@@ -348,6 +351,11 @@ class StoreSCP:
                     peer,
                 )
             raise
+        if sink.error is not None:  # the disk filled up under the data set: refuse it
+            refused = self.intake.spool.refuse(incoming, sink.error, "write the spool file")
+            status, comment = self._refused(refused, origin, {"calling_ae": calling})
+            channel.send_command(context_id, response_to(command, status, comment))
+            return
         status, comment = self._take(incoming, commanded, origin)
         if status != SUCCESS:
             self.intake.spool.remove(incoming)
@@ -385,12 +393,42 @@ class StoreSCP:
         except RejectedInstance as exc:
             return self._refused(exc, origin, fields)
         except OSError as exc:
-            reason = "disk_full" if exc.errno == 28 else "internal"
+            reason = "disk_full" if exc.errno in DISK_FULL else "internal"
             self.metrics.instances_rejected.labels(reason).inc()
             log.error("cannot store instance from %s (%s): %s", calling, peer, exc, extra=fields)
-            return OUT_OF_RESOURCES, f"cannot store: {os.strerror(exc.errno or 5)}"
+            return OUT_OF_RESOURCES, f"cannot store: {os.strerror(exc.errno or errno.EIO)}"
         except Exception:
             self.metrics.instances_rejected.labels("internal").inc()
             log.exception("failed to store an instance from %s (%s)", calling, peer, extra=fields)
             return OUT_OF_RESOURCES, "internal error while storing"
         return SUCCESS, ""
+
+
+class _SpoolFile:
+    """Where a C-STORE's data set is written as it arrives. A write that fails (the disk is
+    full) is remembered and the rest of the data set is read and dropped, so the request
+    can still be answered (0xA700) instead of the association being aborted."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(os.open(path, os.O_WRONLY), "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
+        self.error: OSError | None = None
+
+    def write(self, piece: bytes | memoryview) -> None:
+        if self.error is None:
+            try:
+                self._fh.write(piece)
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        """Flush and close; a failing flush is remembered like a failing write."""
+        try:
+            self._fh.close()
+        except OSError as exc:
+            self.error = self.error or exc
+            self.discard()
+
+    def discard(self) -> None:
+        """Close without caring what is left in the buffer (the file is removed anyway)."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
