@@ -484,3 +484,38 @@ def test_writer_pausing_before_pixel_data_is_waited_for(
     delivered = assert_delivered_once(pacs, [source])
     assert "PixelData" in next(iter(delivered.values()))
     assert not quarantined(station)
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_writer_conventions_partial_names_and_ready_marker(
+    tmp_path, storescps, start_station, polling
+):
+    """For writers on network shares (polling: no close events): a file named `*.partial`
+    is never taken, and with `ready_marker` files wait for the marker in their folder or
+    one above; a marker is removed once everything under it is taken."""
+    pacs = storescps("pacs")
+    dropbox = tmp_path / "dropbox"
+    station = watching(
+        start_station, pacs, dropbox, ready_marker="READY", polling=polling, rescan_seconds=1
+    )
+    partial = dropbox / "CT_small.dcm.partial"
+    shutil.copyfile(VALID / "CT_small.dcm", partial)
+    study = dropbox / "study"
+    study.mkdir()
+    shutil.copyfile(VALID / "MR_small.dcm", study / "MR_small.dcm")
+
+    def nothing_taken_for_a_while() -> None:
+        paused = time.monotonic()
+        wait_for(lambda: time.monotonic() - paused > 8 * SETTLE, 5, message="several settles")
+        assert sent(station) == 0 and not pacs.files()
+
+    nothing_taken_for_a_while()
+    partial.rename(dropbox / "CT_small.dcm")  # the writer is done, but no marker yet
+    nothing_taken_for_a_while()
+    (study / "READY").touch()
+    wait_for(lambda: sent(station) >= 1, 20, message="the marked folder taken")
+    wait_for(lambda: not (study / "READY").exists(), 10, message="its marker removed")
+    assert (dropbox / "CT_small.dcm").exists(), "taken without a marker above it"
+    (dropbox / "READY").touch()
+    wait_for(lambda: sent(station) >= 2, 20, message="the top folder taken")
+    assert_delivered_once(pacs, [VALID / "CT_small.dcm", VALID / "MR_small.dcm"])
