@@ -113,6 +113,21 @@ class Quarantine:
         write(place)
         return self._record(kind, reason, detail, source, watch, place, place.lstat())
 
+    def adopt_orphans(self) -> int:
+        """At start: journal the files under quarantine/ that no row names (the station
+        stopped between moving a file there and journaling it, or `station recover` put
+        unreadable spool files there), so that status lists them and release/discard work."""
+        if not self.folder.is_dir():
+            return 0
+        known = {r["path"] for r in self.journal.query("SELECT path FROM quarantine")}
+        adopted = 0
+        for path in sorted(p for p in self.folder.rglob("*") if not p.is_dir()):
+            if str(path) not in known:
+                detail = "found in quarantine at start with no journal record"
+                self._record("file", "orphan", detail, str(path), None, path, path.lstat())
+                adopted += 1
+        return adopted
+
     def _new_place(self, name: str) -> Path:
         folder = self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True, mode=0o700)

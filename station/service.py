@@ -232,6 +232,9 @@ class Station:
         removed = self.spool.remove_orphans(self.journal.known_paths())
         if removed:
             log.info("removed %d spool files that were never acknowledged", removed)
+        adopted = self.ingestor.quarantine.adopt_orphans()
+        if adopted:
+            log.warning("journaled %d quarantined files that had no record", adopted)
 
     def start(self) -> None:
         self.remove_unacknowledged()
