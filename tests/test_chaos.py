@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VALID, StationProcess, StoreSCP, dicom_destination, free_port
+from conftest import VALID, StationProcess, StoreSCP, dicom_destination
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -144,7 +144,7 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(
     plugin = tmp_path / "slow_classify.py"
     plugin.write_text(SLOW_PLUGIN)
     config: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": free_port()},  # the senders' one address
+        "listen": {"host": "127.0.0.1", "port": 0},
         "series": {"quiet_seconds": 0.3, "max_wait_seconds": 5},
         "plugins": [str(plugin)],
         "destinations": {
@@ -155,13 +155,15 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(
     }
     station = StationProcess(tmp_path / "station", config)
     stop = threading.Event()
-    senders = [
-        Sender(config["listen"]["port"], make_corpus(tmp_path / f"corpus{n}", n), seed + n, stop)
-        for n in range(SENDERS)
-    ]
     started = time.monotonic()
+    senders: list[Sender] = []
     try:
         station.start()
+        station.config["listen"]["port"] = station.port  # restarts keep the senders' address
+        senders = [
+            Sender(station.port, make_corpus(tmp_path / f"corpus{n}", n), seed + n, stop)
+            for n in range(SENDERS)
+        ]
         for sender in senders:
             sender.start()
         for _cycle in range(cycles):

@@ -5,7 +5,6 @@ Error Comment from a pynetdicom SCP is delivered, visibly so, in `station status
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -13,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DCMTK_ENV, VALID, StationProcess, free_port, storescu, storescu_successes
+from conftest import DCMTK_ENV, VALID, StationProcess, storescu, storescu_successes
 from conftest import wait_for as wait_until
+from peers import fixed_ports, listening_ports
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -32,31 +32,34 @@ DCMQRSCP = "/usr/bin/dcmqrscp"
 def archive(tmp_path: Path) -> Iterator[int]:
     """DCMTK's dcmqrscp knowing one AE title, ARCHIVE; it rejects any other called AE title
     (rejected-permanent, service-user, called-AE-title-not-recognized). Its port."""
-    port = free_port()
     (tmp_path / "db").mkdir()
     config = tmp_path / "dcmqrscp.cfg"
-    config.write_text(
-        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
-        "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
-        f"AETable BEGIN\nARCHIVE {tmp_path / 'db'} RW (10, 1024mb) ANY\nAETable END\n"
-    )
-    proc = subprocess.Popen(
-        [DCMQRSCP, "-c", str(config), str(port)],
-        env=DCMTK_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    for port in fixed_ports():  # it cannot bind port 0: ports are tried until /proc shows it
+        config.write_text(
+            f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+            "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
+            f"AETable BEGIN\nARCHIVE {tmp_path / 'db'} RW (10, 1024mb) ANY\nAETable END\n"
+        )
+        proc = subprocess.Popen(
+            [DCMQRSCP, "-c", str(config), str(port)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: proc.poll() is not None or port in listening_ports(proc.pid),  # noqa: B023
+            10,
+            message="dcmqrscp to listen",
+        )
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail("dcmqrscp found no free port")
     try:
-        wait_until(lambda: _listening(port), 10, message="dcmqrscp to listen")
         yield port
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def dead_letter_reason(station: StationProcess) -> str | None:
