@@ -51,13 +51,18 @@ SOP_CLASS_NOT_SUPPORTED = 0x0122
 def folder_station(
     tmp_path: Path, start_station: Callable[..., StationProcess]
 ) -> Callable[..., StationProcess]:
+    started: list[StationProcess] = []
+
     def start(**listen: object) -> StationProcess:
-        return start_station(
+        station = start_station(
             {
                 "listen": {"host": "127.0.0.1", "port": 0, **listen},
                 "destinations": {"out": {"type": "folder", "path": str(tmp_path / "out")}},
-            }
+            },
+            f"station{len(started)}",  # a storage of its own: one station per storage
         )
+        started.append(station)
+        return station
 
     return start
 

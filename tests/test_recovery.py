@@ -35,7 +35,7 @@ from station.journal import SCHEMA_VERSION, Journal
 
 def test_new_journal_is_stamped_with_the_schema_version(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite")
-    assert journal.version() == SCHEMA_VERSION == 1
+    assert journal.version() == SCHEMA_VERSION == len(journal_module.MIGRATIONS)
     assert journal.fresh
     journal.close()
     again = Journal(tmp_path / "journal.sqlite")
@@ -51,11 +51,11 @@ def test_unversioned_journal_with_the_tables_is_adopted_as_version_1(tmp_path: P
     db.execute("INSERT INTO events (ts, kind) VALUES (1, 'kept')")
     db.commit()
     db.close()
-    reader = Journal(path, migrate=False)  # a read-only command reads it as it is
-    assert reader.version() == 0
-    reader.close()
+    # A read-only command does not write to it: it is version 1, and station run migrates.
+    with pytest.raises(JournalError, match=f"schema version 1, not {SCHEMA_VERSION}"):
+        Journal(path, migrate=False)
     journal = Journal(path)
-    assert journal.version() == 1 and not journal.fresh
+    assert journal.version() == SCHEMA_VERSION and not journal.fresh
     assert [r["kind"] for r in journal.query("SELECT kind FROM events")] == ["kept"]
     journal.close()
 
@@ -67,7 +67,9 @@ def test_newer_journal_is_refused_with_its_version(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
-    with pytest.raises(JournalError, match=f"schema version {SCHEMA_VERSION + 1}.*up to 1"):
+    with pytest.raises(
+        JournalError, match=f"schema version {SCHEMA_VERSION + 1}.*up to {SCHEMA_VERSION}"
+    ):
         Journal(path)
     config = tmp_path / "station.yaml"
     config.write_text(yaml.safe_dump({"storage": str(tmp_path)}))
@@ -84,31 +86,34 @@ def test_newer_journal_is_refused_with_its_version(tmp_path: Path) -> None:
 
 
 def test_migrations_run_in_order_each_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A next step (say, a quarantine table) takes a version 1 journal to version 2; a
+    """Next steps (a table, then a function) take the journal on by one version each; a
     read-only opener refuses the old version rather than writing to it."""
     path = tmp_path / "journal.sqlite"
     Journal(path).close()
     calls: list[int] = []
 
-    def step_3(db: sqlite3.Connection) -> None:
-        calls.append(3)
-        db.execute("INSERT INTO quarantine (reason) VALUES ('from step 3')")
+    now, table, last = SCHEMA_VERSION, SCHEMA_VERSION + 1, SCHEMA_VERSION + 2
+
+    def step_last(db: sqlite3.Connection) -> None:
+        calls.append(last)
+        db.execute("INSERT INTO later (reason) VALUES ('from the last step')")
 
     steps = [
         *journal_module.MIGRATIONS,
-        (2, "CREATE TABLE quarantine (id INTEGER PRIMARY KEY, reason TEXT)"),
-        (3, step_3),
+        (table, "CREATE TABLE later (id INTEGER PRIMARY KEY, reason TEXT)"),
+        (last, step_last),
     ]
     monkeypatch.setattr(journal_module, "MIGRATIONS", steps)
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 3)
-    with pytest.raises(JournalError, match="schema version 1, not 3"):
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", last)
+    with pytest.raises(JournalError, match=f"schema version {now}, not {last}"):
         Journal(path, migrate=False)
     journal = Journal(path)
-    assert journal.version() == 3
+    assert journal.version() == last
     journal.close()
     journal = Journal(path)
-    assert calls == [3]
-    assert [r["reason"] for r in journal.query("SELECT reason FROM quarantine")] == ["from step 3"]
+    assert calls == [last]
+    rows = journal.query("SELECT reason FROM later")
+    assert [r["reason"] for r in rows] == ["from the last step"]
     journal.close()
 
 

@@ -5,6 +5,7 @@ and keeps nothing of them."""
 
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
 
@@ -65,28 +66,34 @@ def test_refused_over_the_network_and_nothing_spooled(tmp_path, start_station):
 
 
 def test_refused_from_a_drop_folder(tmp_path, start_station):
+    """The same checks on dropped files. A cut one may still be being written, so it waits
+    for its writer (incomplete_seconds) before it goes to quarantine; a stream with bytes
+    after its end goes at once."""
     files = bad_files(tmp_path / "bad")
     dropbox = tmp_path / "dropbox"
     dropbox.mkdir()
+    watch = {"path": str(dropbox), "settle_seconds": 0.2, "incomplete_seconds": 1}
     station = start_station(
-        {
-            "watch": [{"path": str(dropbox), "settle_seconds": 0.2}],
-            "destinations": {"out": {"type": "folder", "path": "out"}},
-        }
+        {"watch": [watch], "destinations": {"out": {"type": "folder", "path": "out"}}}
     )
     for name, path in files.items():
         (dropbox / f"{name}.dcm").write_bytes(path.read_bytes())
-    quarantine = Path(station.config["storage"]) / "quarantine"
-    wait_for(
-        lambda: quarantine.is_dir() and len(list(quarantine.glob("*.reason.txt"))) == 3,
-        20,
-        message="the three files in quarantine",
-    )
-    texts = {p.name: p.read_text() for p in quarantine.glob("*.reason.txt")}
-    assert "the data ends inside element (7FE0,0010)" in texts["truncated.dcm.reason.txt"]
-    assert "the deflate stream has no end" in texts["odd_cut.dcm.reason.txt"]
-    assert "bytes after the end of its deflate stream" in texts["trailing.dcm.reason.txt"]
+
+    def held() -> list[dict[str, str]] | None:
+        listed = station.cli("quarantine", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        items: list[dict[str, str]] = json.loads(listed.stdout)
+        return items if len(items) == 3 else None
+
+    items = wait_for(held, 20, message="the three files in quarantine")
+    found = {Path(item["source"]).name: item for item in items}
+    assert found["truncated.dcm"]["reason"] == "incomplete"
+    assert "the data ends inside element (7FE0,0010)" in found["truncated.dcm"]["detail"]
+    assert found["odd_cut.dcm"]["reason"] == "incomplete"
+    assert "the deflate stream has no end" in found["odd_cut.dcm"]["detail"]
+    assert found["trailing.dcm"]["reason"] == "bad_deflate"
+    assert "bytes after the end of its deflate stream" in found["trailing.dcm"]["detail"]
     assert station.spooled() == []
-    rejected = "station_instances_rejected_total"
-    assert station.metric(rejected, reason="truncated") == 1
-    assert station.metric(rejected, reason="bad_deflate") == 2
+    quarantined = "station_quarantined_inputs_total"
+    assert station.metric(quarantined, reason="incomplete") == 2
+    assert station.metric(quarantined, reason="bad_deflate") == 1
