@@ -17,10 +17,10 @@ from station import __version__
 from station.config import DicomDestinationConfig, ListenConfig, ListenTlsConfig
 from station.dispatch.dicom import CONVERTIBLE
 from station.metrics import ASSOCIATION_REJECT_REASONS
-from station.net.dimse import SOP_CLASS_NOT_SUPPORTED, SUCCESS, UNRECOGNIZED_OPERATION
+from station.net.dimse import SOP_CLASS_NOT_SUPPORTED, SUCCESS, UNRECOGNIZED_OPERATION, VERIFICATION
 from station.net.pdu import APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from station.net.tls import BCP195_CIPHERS, MINIMUM_VERSION
-from station.receive.negotiation import VERIFICATION, accepts_abstract_syntax
+from station.receive.negotiation import accepts_abstract_syntax
 from station.spool import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES
 
 # A-ASSOCIATE-RJ per reason of station_associations_rejected_total: (result, source, reason).

@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 from typing import IO
 
+from pydicom.datadict import dictionary_VR, keyword_dict
+
 from station.net.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 PREAMBLE = bytes(128) + b"DICM"
@@ -14,6 +16,18 @@ PREAMBLE = bytes(128) + b"DICM"
 LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 EXPLICIT = struct.Struct("<HH2sH")  # tag, VR and 2-byte length
 LENGTH = struct.Struct("<I")
+
+# The data set's structure (PS3.5 7.5, A.4), for the byte-level readers (station.scan,
+# station.validate) and the drop folder.
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+# Float, double float and (encapsulated) pixel data: never a sequence in pydicom's dictionary.
+PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+ITEM = 0xFFFEE000
+ITEM_DELIMITER = 0xFFFEE00D
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+# In implicit VR only the dictionary tells a sequence of defined length from a value.
+SEQUENCES = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
 
 
 def _element(element: int, vr: bytes, value: bytes) -> bytes:

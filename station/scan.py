@@ -21,16 +21,24 @@ import os
 import struct
 from pathlib import Path
 
-from station.dicomfile import EXPLICIT, LENGTH, LONG_VRS
+from station.dicomfile import (
+    EXPLICIT,
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    ITEM,
+    ITEM_DELIMITER,
+    LENGTH,
+    LONG_VRS,
+    PIXEL_DATA,
+    SEQUENCE_DELIMITER,
+    SEQUENCES,
+)
 from station.spool import MEDIA_STORAGE_DIRECTORY, UNDEFINED_LENGTH, Header, is_uid
-from station.validate import SEQUENCES
 
 HEAD_BYTES = 16 * 1024  # the whole header of most files, in one read
 WINDOW_BYTES = 4096  # read when an element header lies past what is in memory
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 STANDARD_SYNTAXES = "1.2.840.10008.1.2."  # all explicit VR little endian, but for these two:
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 # Explicit VR (PS3.5 7.1.2): VRs whose length takes 2 bytes (LONG_VRS take 4).
@@ -55,11 +63,6 @@ CHARACTER_SETS = frozenset(
         for n in (6, 13, 58, 87, 100, 101, 109, 110, 126, 127, 138, 144, 148, 149, 159, 166)
     ]
 )
-# Float, double float and (encapsulated) pixel data: never a sequence in pydicom's dictionary.
-PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-ITEM = 0xFFFEE000
-ITEM_DELIMITER = 0xFFFEE00D
-SEQUENCE_DELIMITER = 0xFFFEE0DD
 MAX_UID_BYTES = 64  # a UID of 64 characters, or 63 and its padding
 
 _IMPLICIT = struct.Struct("<HHI")  # tag and 4-byte length: implicit VR, items, delimiters

@@ -23,9 +23,16 @@ import struct
 import zlib
 from pathlib import Path
 
-from pydicom.datadict import dictionary_VR, keyword_dict
-
-from station.dicomfile import LONG_VRS
+from station.dicomfile import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    ITEM,
+    ITEM_DELIMITER,
+    LONG_VRS,
+    PIXEL_DATA,
+    SEQUENCE_DELIMITER,
+    SEQUENCES,
+)
 from station.errors import RejectedInstance
 from station.spool import CANNOT_UNDERSTAND, UNDEFINED_LENGTH
 
@@ -34,20 +41,12 @@ MALFORMED = "malformed"  # lengths, items or delimiters that contradict each oth
 BAD_DEFLATE = "bad_deflate"  # a deflated data set that does not inflate cleanly
 REASONS = (TRUNCATED, MALFORMED, BAD_DEFLATE)
 
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})  # PS3.5 A.5, JPIP
 
 WINDOW = 64 * 1024  # bytes read (or inflated) at a time
 MAX_DEPTH = 64  # sequences nested deeper than this are refused, not recursed into
 MAX_META_VALUE = 1024  # the Transfer Syntax UID is the only meta value read
 
-ITEM = 0xFFFEE000
-ITEM_DELIMITER = 0xFFFEE00D
-SEQUENCE_DELIMITER = 0xFFFEE0DD
-PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double, pixel data
-# In implicit VR only the dictionary tells a sequence of defined length from a value.
-SEQUENCES = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
 DELIMITERS = {ITEM: "an item", ITEM_DELIMITER: "an item delimiter"}
 DELIMITERS[SEQUENCE_DELIMITER] = "a sequence delimiter"
 

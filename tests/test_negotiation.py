@@ -16,8 +16,9 @@ from pydicom.uid import (
 from pynetdicom.sop_class import CTImageStorage
 
 from station.config import ListenConfig
+from station.net.dimse import VERIFICATION
 from station.net.pdu import Association, PresentationContext
-from station.receive.negotiation import VERIFICATION, Policy
+from station.receive.negotiation import Policy
 
 
 def request(**fields: Any) -> Association:

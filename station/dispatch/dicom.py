@@ -36,9 +36,8 @@ from station.config import DicomDestinationConfig
 from station.dicomfile import dataset_start
 from station.dispatch.base import Prepare, SendResult
 from station.errors import PermanentSendError, TransientSendError
-from station.net.dimse import status_category
+from station.net.dimse import VERIFICATION, status_category
 from station.net.scu import (
-    VERIFICATION,
     AssociationError,
     AssociationRejected,
     ConnectFailed,

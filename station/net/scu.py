@@ -17,6 +17,7 @@ from station.net.dimse import (
     C_STORE_RQ,
     HAS_DATASET,
     NO_DATASET,
+    VERIFICATION,
     Channel,
     Command,
     ConnectionClosed,
@@ -40,8 +41,6 @@ from station.net.pdu import (
     describe_abort,
     encode_request,
 )
-
-VERIFICATION = "1.2.840.10008.1.1"
 
 
 class AssociationError(StationError):

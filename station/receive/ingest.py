@@ -18,6 +18,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 
 from station.config import WatchConfig
+from station.dicomfile import PIXEL_DATA
 from station.errors import RejectedInstance
 from station.inputs import (
     COPY_CHUNK,
@@ -34,7 +35,6 @@ from station.records import Dropped
 from station.spool import DEFER_BYTES, DISK_FULL, identify
 
 log = logging.getLogger(__name__)
-PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 
 
 class Incomplete(Exception):
@@ -225,4 +225,4 @@ def _unchanged(path: Path, st: os.stat_result) -> bool:
 def _image_without_pixels(path: Path) -> bool:
     """An image (it has Rows) whose data set holds no pixel data: cut before it."""
     ds = dcmread(path, defer_size=DEFER_BYTES)
-    return "Rows" in ds and not any(tag in ds for tag in PIXEL_DATA_TAGS)
+    return "Rows" in ds and not any(tag in ds for tag in PIXEL_DATA)

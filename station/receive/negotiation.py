@@ -15,6 +15,7 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from station.config import ListenConfig
+from station.net.dimse import VERIFICATION
 from station.net.pdu import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
     ACCEPTED,
@@ -32,8 +33,6 @@ from station.net.pdu import (
     Rejection,
 )
 from station.spool import is_uid
-
-VERIFICATION = "1.2.840.10008.1.1"
 
 
 @dataclass(frozen=True)
