@@ -49,6 +49,14 @@ DEFER_BYTES = 1024  # values longer than this (pixel data above all) stay on dis
 # DIMSE statuses the receive path answers with.
 OUT_OF_RESOURCES = 0xA700
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk_reason(exc: Exception) -> str:
+    """The rejection reason for a failure to store: disk_full when it was out of space
+    (ENOSPC, EDQUOT, SQLite's "database or disk is full"), else internal."""
+    full = getattr(exc, "errno", None) in DISK_FULL or "disk is full" in str(exc)
+    return "disk_full" if full else "internal"
+
 # Free space always kept for the journal, whatever storage.min_free_bytes says: with a
 # disk filled to the last byte, series could no longer be completed or delivered.
 JOURNAL_RESERVE_BYTES = 256 * 1024
@@ -275,20 +283,15 @@ class Spool:
         try:
             return self.free.take()
         except OSError as exc:
-            reason = "disk_full" if exc.errno == errno.ENOSPC else "internal"
             raise RejectedInstance(
-                OUT_OF_RESOURCES, reason, f"cannot create a spool file: {exc}"
+                OUT_OF_RESOURCES, full_disk_reason(exc), f"cannot create a spool file: {exc}"
             ) from exc
 
     def refuse(self, path: Path, exc: Exception, doing: str) -> RejectedInstance:
         """Remove a claimed file that could not be stored (nothing partial stays) and
-        return the refusal to answer with: 0xA700, reason disk_full when it was out of
-        space (ENOSPC, EDQUOT, SQLite's "database or disk is full")."""
+        return the refusal to answer with: 0xA700 (reason: full_disk_reason)."""
         self.remove(path)
-        full = getattr(exc, "errno", None) in DISK_FULL or "disk is full" in str(exc)
-        return RejectedInstance(
-            OUT_OF_RESOURCES, "disk_full" if full else "internal", f"cannot {doing}: {exc}"
-        )
+        return RejectedInstance(OUT_OF_RESOURCES, full_disk_reason(exc), f"cannot {doing}: {exc}")
 
     def commit(self, path: Path) -> None:
         """Make a claimed file's content durable (its name already is)."""

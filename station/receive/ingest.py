@@ -32,7 +32,7 @@ from station.inputs import (
 from station.quarantine import Quarantine, free_name
 from station.receive.intake import Intake, Origin
 from station.records import Dropped
-from station.spool import DEFER_BYTES, DISK_FULL, identify
+from station.spool import DEFER_BYTES, full_disk_reason, identify
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Ingestor:
         try:
             yield
         except OSError as exc:
-            if exc.errno in DISK_FULL:
+            if full_disk_reason(exc) == "disk_full":
                 raise self.spool.refuse(partial, exc, "copy into the spool") from exc
             raise
 

@@ -65,7 +65,7 @@ from station.net.tls import server_context
 from station.receive.connections import Connection, Connections
 from station.receive.intake import Intake, Origin
 from station.receive.negotiation import Policy, Refusal
-from station.spool import DATASET_MISMATCH, DISK_FULL, OUT_OF_RESOURCES, identify
+from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, full_disk_reason, identify
 
 log = logging.getLogger(__name__)
 
@@ -393,8 +393,7 @@ class StoreSCP:
         except RejectedInstance as exc:
             return self._refused(exc, origin, fields)
         except OSError as exc:
-            reason = "disk_full" if exc.errno in DISK_FULL else "internal"
-            self.metrics.instances_rejected.labels(reason).inc()
+            self.metrics.instances_rejected.labels(full_disk_reason(exc)).inc()
             log.error("cannot store instance from %s (%s): %s", calling, peer, exc, extra=fields)
             return OUT_OF_RESOURCES, f"cannot store: {os.strerror(exc.errno or errno.EIO)}"
         except Exception:
