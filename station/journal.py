@@ -32,6 +32,7 @@ from station.records import (
     batch_from_row,
     delivery_from_row,
 )
+from station.spool import FILE_MODE, make_folder
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -78,14 +79,6 @@ CREATE TABLE IF NOT EXISTS instance_failures (
     reason TEXT NOT NULL,
     PRIMARY KEY (delivery_id, sop_uid)
 );
-CREATE TABLE IF NOT EXISTS instance_warnings (
-    delivery_id INTEGER NOT NULL,
-    sop_uid TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    comment TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (delivery_id, sop_uid)
-);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
@@ -103,9 +96,17 @@ CREATE TABLE IF NOT EXISTS dropped_files (
 );
 """
 
-# Version 2: rejected inputs held in quarantine (station/quarantine.py reads and writes
-# these rows).
-QUARANTINE_SCHEMA = """
+# Version 2: warning statuses peers answered per instance sent, and rejected inputs held
+# in quarantine (station/quarantine.py reads and writes these rows).
+SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS instance_warnings (
+    delivery_id INTEGER NOT NULL,
+    sop_uid TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    comment TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (delivery_id, sop_uid)
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -130,11 +131,9 @@ CREATE INDEX IF NOT EXISTS quarantine_state ON quarantine(state, source);
 Migration = str | Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, SCHEMA_V1),
-    (2, QUARANTINE_SCHEMA),
+    (2, SCHEMA_V2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-FILE_MODE = 0o600  # whole instances' identities and peers: owner only (SQLite gives the
-# -wal and -shm files the database file's mode)
 
 
 class NewerJournal(JournalError):
@@ -664,9 +663,7 @@ class Journal:
 def _create_private(path: Path) -> None:
     """Create the journal's file and folder owner-only whatever the umask (SQLite then gives
     its -wal and -shm files the same mode); an existing journal is made owner-only too."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
+    make_folder(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
