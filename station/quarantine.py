@@ -199,10 +199,7 @@ class Quarantine:
         return len(gone)
 
     def items(self, state: str | None = "held") -> list[QuarantineItem]:
-        sql = "SELECT * FROM quarantine" + (" WHERE state=?" if state else "") + " ORDER BY id"
-        return [
-            QuarantineItem(**dict(r)) for r in self.journal.query(sql, (state,) if state else ())
-        ]
+        return quarantine_items(self.journal, state)
 
     def item(self, item_id: int) -> QuarantineItem | None:
         rows = self.journal.query("SELECT * FROM quarantine WHERE id=?", (item_id,))
@@ -278,6 +275,12 @@ class Quarantine:
                 "UPDATE quarantine SET state=?, resolved_at=? WHERE id=?",
                 [(state, now, item_id) for item_id in ids],
             )
+
+
+def quarantine_items(journal: Journal, state: str | None = "held") -> list[QuarantineItem]:
+    """The journal's quarantine items in ``state`` (None: all), oldest first."""
+    sql = "SELECT * FROM quarantine" + (" WHERE state=?" if state else "") + " ORDER BY id"
+    return [QuarantineItem(**dict(r)) for r in journal.query(sql, (state,) if state else ())]
 
 
 def free_name(path: Path) -> Path:

@@ -8,6 +8,7 @@ from typing import Any
 
 from station.journal import Journal
 from station.net.dimse import describe_status
+from station.quarantine import quarantine_items
 
 
 def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
@@ -53,16 +54,12 @@ def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
         " ORDER BY b.completed_at DESC LIMIT ?",
         (recent,),
     )
-    held = journal.query(
-        "SELECT id, kind, reason, detail, source, path, at FROM quarantine"
-        " WHERE state='held' ORDER BY id"
-    )
     return {
         "series": batch_states,
         "destinations": destinations,
         "dead_letters": [dict(r) for r in dead],
         "quarantined": [dict(r) for r in quarantined],
-        "quarantined_inputs": [dict(r) for r in held],
+        "quarantined_inputs": [item.as_dict() for item in quarantine_items(journal)],
         "recent_failures": [dict(r) for r in failures],
         "recent_warnings": [dict(r) for r in warnings],
         "recent_not_sent": [dict(r) for r in not_sent],
