@@ -23,6 +23,7 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 # Float, double float and (encapsulated) pixel data: never a sequence in pydicom's dictionary.
 PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+ROWS = 0x00280010  # an image has it, and then pixel data too
 ITEM = 0xFFFEE000
 ITEM_DELIMITER = 0xFFFEE00D
 SEQUENCE_DELIMITER = 0xFFFEE0DD

@@ -30,6 +30,7 @@ from station.dicomfile import (
     LENGTH,
     LONG_VRS,
     PIXEL_DATA,
+    ROWS,
     SEQUENCE_DELIMITER,
     SEQUENCES,
 )
@@ -54,6 +55,7 @@ SOP_INSTANCE = 0x00080018
 STUDY_INSTANCE = 0x0020000D
 SERIES_INSTANCE = 0x0020000E
 IDENTITY = frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE})
+NOTED = PIXEL_DATA | {ROWS}  # present or not: an image whose pixel data is still missing
 # The Defined Terms of Specific Character Set (PS3.3 C.12.1.1.2); empty means the default.
 CHARACTER_SETS = frozenset(
     ["", "GB18030", "GBK", "ISO_IR 192"]
@@ -124,6 +126,7 @@ class _Walk:
             sop_uid=sop_uid,
             sop_class=sop_class,
             transfer_syntax=transfer_syntax,
+            pixels_missing=ROWS in found and not PIXEL_DATA & found.keys(),
         )
 
     def at(self, offset: int, count: int) -> int:
@@ -224,6 +227,8 @@ class _Walk:
                 if tag in IDENTITY:
                     found[tag] = self.uid(vr, value, length)
                     buf, base = self.buf, self.base
+                elif tag in NOTED:
+                    found[tag] = ""
             if length == UNDEFINED_LENGTH or tag == SPECIFIC_CHARACTER_SET:
                 pos = self.value_end(tag, vr, value, length, implicit)
                 buf, base = self.buf, self.base

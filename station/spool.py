@@ -36,6 +36,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from station.dicomfile import PIXEL_DATA, ROWS
 from station.errors import RejectedInstance
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Header:
     sop_uid: str
     sop_class: str
     transfer_syntax: str
+    # An image (it has Rows) whose data set ends before its pixel data: written in part.
+    pixels_missing: bool = False
 
 
 def read_header(path: Path) -> Dataset:
@@ -154,6 +157,7 @@ def identify_with_pydicom(path: Path) -> Header:
         sop_uid=values["SOPInstanceUID"],
         sop_class=values["SOPClassUID"],
         transfer_syntax=values["TransferSyntaxUID"],
+        pixels_missing=ROWS in ds and not any(tag in ds for tag in PIXEL_DATA),
     )
 
 

@@ -15,10 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from pydicom import dcmread
-
 from station.config import WatchConfig
-from station.dicomfile import PIXEL_DATA
 from station.errors import RejectedInstance
 from station.inputs import (
     COPY_CHUNK,
@@ -32,7 +29,7 @@ from station.inputs import (
 from station.quarantine import Quarantine, free_name
 from station.receive.intake import Intake, Origin
 from station.records import Dropped
-from station.spool import DEFER_BYTES, full_disk_reason, identify
+from station.spool import full_disk_reason, identify
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +139,7 @@ class Ingestor:
                 raise Incomplete(str(exc)) from None
             self.metrics.instances_rejected.labels(exc.reason).inc()
             raise RejectedInput(exc.reason, f"{name}: {exc}") from None
-        if dropped is not None and _image_without_pixels(partial):
+        if dropped is not None and header.pixels_missing:
             raise Incomplete("an image without its pixel data: the data set ends before it")
         origin = Origin(
             calling_ae="", called_ae=self.ae_title, peer=str(watch.path), source="folder"
@@ -220,9 +217,3 @@ def _unchanged(path: Path, st: os.stat_result) -> bool:
         st.st_size,
         st.st_mtime_ns,
     )
-
-
-def _image_without_pixels(path: Path) -> bool:
-    """An image (it has Rows) whose data set holds no pixel data: cut before it."""
-    ds = dcmread(path, defer_size=DEFER_BYTES)
-    return "Rows" in ds and not any(tag in ds for tag in PIXEL_DATA)
