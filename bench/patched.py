@@ -52,9 +52,9 @@ def _report() -> None:
 
 def timing() -> None:
     from station.dispatch import dicom, dispatcher
-    from station.journal import Journal
     from station.receive import intake, scp
-    from station.spool import Spool
+    from station.store.journal import Journal
+    from station.store.spool import Spool
 
     _timed(scp.StoreSCP, "_take", "receive: C-STORE handler after the data set is in")
     _timed(scp, "identify", "receive: identify (parse the file)")
@@ -69,7 +69,7 @@ def timing() -> None:
 def no_fsync() -> None:
     import os
 
-    from station.journal import Journal
+    from station.store.journal import Journal
 
     # The spool makes data durable with fdatasync and folders with fsync: stub both.
     os.fsync = os.fdatasync = lambda fd: None  # type: ignore[assignment]
@@ -86,7 +86,7 @@ def no_identify() -> None:
     from pydicom import dcmread
 
     from station.receive import scp
-    from station.spool import Header
+    from station.store.spool import Header
 
     def from_file_meta(path: Any) -> Header:
         # Only the file meta and the two UIDs the request does not carry.

@@ -26,23 +26,23 @@ from station.errors import (
     SendError,
     StorageInUse,
 )
-from station.inputs import input_files
-from station.install import hidden_paths, install_service
-from station.journal import Journal
-from station.lock import StorageLock
-from station.logs import LogFormat, setup_logging
-from station.preflight import port_problems, storage_problem
+from station.ops.install import hidden_paths, install_service
+from station.ops.logs import LogFormat, setup_logging
+from station.ops.preflight import port_problems, storage_problem
+from station.ops.status import render_quarantine, render_status, status_report
+from station.ops.systemd import Notifier
+from station.ops.trace import render as render_trace
+from station.ops.trace import trace
 from station.preview import render, route, summarize
-from station.quarantine import Quarantine, QuarantineError
-from station.records import Instance
-from station.recovery import journal_path, rebuild, untrusted
+from station.receive.inputs import input_files
 from station.scaffold import new_plugin
 from station.service import Station, load_setup
-from station.spool import Spool, identify
-from station.status import render_quarantine, render_status, status_report
-from station.systemd import Notifier
-from station.trace import render as render_trace
-from station.trace import trace
+from station.store.journal import Journal
+from station.store.lock import StorageLock
+from station.store.quarantine import Quarantine, QuarantineError
+from station.store.records import Instance
+from station.store.recovery import journal_path, rebuild, untrusted
+from station.store.spool import Spool, identify
 
 app = typer.Typer(
     add_completion=False,

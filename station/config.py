@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,12 +29,11 @@ from pydantic import (
 from pydicom.uid import AllTransferSyntaxes
 
 from station.errors import ConfigError
-from station.inputs import ZipLimits
-from station.plugins import DEFAULT_TIMEOUT_SECONDS
 
 ENV_PREFIX = "STATION_"
 DEFAULT_DESTINATION = "local-folder"
 DEFAULT_DROPBOX = "dropbox"
+DEFAULT_TIMEOUT_SECONDS = 30.0  # plugin_timeout_seconds: how long one hook call may take
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # 16 printable chars, no backslash
 
 
@@ -127,6 +127,16 @@ class ListenConfig(Model):
     @property
     def access_controlled(self) -> bool:
         return bool(self.allowed_calling_aes or self.peers)
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    """How much one zip archive may hold (``watch.zip_max_*``; the same defaults for send
+    and preview)."""
+
+    max_files: int = 100_000
+    max_bytes: int = 20 * 2**30
+    max_ratio: float = 100.0
 
 
 class WatchConfig(Model):

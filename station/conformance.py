@@ -3,7 +3,7 @@
 ``python -m station.conformance > docs/conformance.md`` writes it; tests/test_conformance.py
 fails when the committed file differs from what the code renders, so it cannot drift: the SOP
 classes and transfer syntaxes come from the negotiation code's tables, the limits and timeouts
-from the configuration's defaults, the TLS profile from station/net/tls.py.
+from the configuration's defaults, the TLS profile from station/dicom/tls.py.
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from station import __version__
 from station.config import DicomDestinationConfig, ListenConfig, ListenTlsConfig
+from station.dicom.dimse import (
+    SOP_CLASS_NOT_SUPPORTED,
+    SUCCESS,
+    UNRECOGNIZED_OPERATION,
+    VERIFICATION,
+)
+from station.dicom.pdu import APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from station.dicom.tls import BCP195_CIPHERS, MINIMUM_VERSION
 from station.dispatch.dicom import CONVERTIBLE
-from station.metrics import ASSOCIATION_REJECT_REASONS
-from station.net.dimse import SOP_CLASS_NOT_SUPPORTED, SUCCESS, UNRECOGNIZED_OPERATION, VERIFICATION
-from station.net.pdu import APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from station.net.tls import BCP195_CIPHERS, MINIMUM_VERSION
+from station.ops.metrics import ASSOCIATION_REJECT_REASONS
 from station.receive.negotiation import accepts_abstract_syntax
-from station.spool import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES
+from station.store.spool import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES
 
 # A-ASSOCIATE-RJ per reason of station_associations_rejected_total: (result, source, reason).
 REJECTIONS = {

@@ -18,11 +18,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from station.errors import PluginError, RejectedInstance
-from station.inputs import InputFile
-from station.router import decide
+from station.receive.inputs import InputFile
+from station.routing.router import decide
 from station.series import SeriesView
 from station.service import Setup
-from station.spool import identify, read_header
+from station.store.spool import identify, read_header
 
 
 @dataclass

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from station.hookspecs import hookimpl
+from station.routing.hookspecs import hookimpl
 from station.series import SeriesView
 
 DEFAULTS: dict[str, Any] = {"modalities": ["MR"]}

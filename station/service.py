@@ -19,23 +19,23 @@ from station.config import (
     default_destinations,
     load_config,
 )
+from station.dicom.tls import client_context, server_context
 from station.dispatch.base import Destination, build_destination
 from station.dispatch.dispatcher import Dispatcher
 from station.errors import ConfigError
-from station.lock import StorageLock
-from station.metrics import Metrics, MetricsServer
-from station.net.tls import client_context, server_context
-from station.plugins import Plugins
-from station.preflight import bind_problem, storage_problem
+from station.ops.metrics import Metrics, MetricsServer
+from station.ops.preflight import bind_problem, storage_problem
 from station.receive.folder import DropFolders
 from station.receive.ingest import Ingestor
 from station.receive.intake import Intake
 from station.receive.scp import StoreSCP
-from station.recovery import open_journal, rebuild, untrusted
-from station.router import Router
-from station.routes import Route, check_references, load_routes
+from station.routing.plugins import Plugins
+from station.routing.router import Router
+from station.routing.routes import Route, check_references, load_routes
 from station.series import Assembler
-from station.spool import Spool
+from station.store.lock import StorageLock
+from station.store.recovery import open_journal, rebuild, untrusted
+from station.store.spool import Spool
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 1.0

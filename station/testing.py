@@ -13,10 +13,11 @@ A plugin's test in a few lines::
         assert result.labels == {"sequence": "T2"}
         assert result.destinations == ["pacs"]
 
-``run_plugins`` calls ``station.router.decide`` with a fresh ``station.plugins.Plugins``
-holding only the plugins given (no entry points), so every hook is called, type-checked,
-time-limited and contained exactly as in ``station run``: a plugin that raises, overruns
-its time limit or returns the wrong type gives the state ``"quarantined"`` with the reason
+``run_plugins`` calls ``station.routing.router.decide`` with a fresh
+``station.routing.plugins.Plugins`` holding only the plugins given (no entry points), so
+every hook is called, type-checked, time-limited and contained exactly as in ``station
+run``: a plugin that raises, overruns its time limit or returns the wrong type gives the
+state ``"quarantined"`` with the reason
 ``station status`` would show.
 """
 
@@ -33,14 +34,14 @@ from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from station.config import format_validation_error
+from station.config import DEFAULT_TIMEOUT_SECONDS, format_validation_error
 from station.errors import ConfigError, PluginError, RejectedInstance
-from station.metrics import Metrics
-from station.plugins import DEFAULT_TIMEOUT_SECONDS, Plugins
-from station.router import decide
-from station.routes import Route, TransformStep, check_references, load_routes
+from station.ops.metrics import Metrics
+from station.routing.plugins import Plugins
+from station.routing.router import decide
+from station.routing.routes import Route, TransformStep, check_references, load_routes
 from station.series import SeriesView
-from station.spool import Header, identify, read_header
+from station.store.spool import Header, identify, read_header
 
 # A plugin: a module or object with hook implementations, or a file, folder or module name
 # as in the config's ``plugins:`` list. A mapping gives each plugin object its name.

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from station.hookspecs import hookimpl
-from station.routes import Route
+from station.routing.hookspecs import hookimpl
+from station.routing.routes import Route
 
 if TYPE_CHECKING:
     from station.series import SeriesView

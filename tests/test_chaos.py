@@ -39,7 +39,7 @@ SLOW_PLUGIN = '''
 import random
 import time
 
-from station.hookspecs import hookimpl
+from station.routing.hookspecs import hookimpl
 
 
 @hookimpl

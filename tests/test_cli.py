@@ -23,7 +23,7 @@ from typer.testing import CliRunner, Result
 
 from station import __version__ as station_version
 from station.cli import app
-from station.lock import StorageLock
+from station.store.lock import StorageLock
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -343,7 +343,7 @@ def test_plugins_lists_bundled_and_configured_plugins(tmp_path: Path) -> None:
     plugin = write(
         tmp_path / "plugins" / "tagger.py",
         """
-        from station.hookspecs import hookimpl
+        from station.routing.hookspecs import hookimpl
 
         @hookimpl
         def station_classify_series(series):

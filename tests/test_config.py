@@ -22,7 +22,7 @@ from station.config import (
     load_config,
 )
 from station.errors import ConfigError
-from station.routes import Regex, load_routes
+from station.routing.routes import Regex, load_routes
 from station.service import load_setup
 
 NO_ENV: dict[str, str] = {}
@@ -520,7 +520,7 @@ def test_plugin_problems_are_config_errors(tmp_path: Path) -> None:
     typo = write(
         tmp_path / "plugins" / "typo.py",
         """
-        from station.hookspecs import hookimpl
+        from station.routing.hookspecs import hookimpl
 
         @hookimpl
         def station_filter_serie(series):
@@ -542,7 +542,7 @@ def test_plugin_problems_are_config_errors(tmp_path: Path) -> None:
 def test_plugin_options_reach_the_plugin_and_wrong_ones_are_config_errors(tmp_path: Path) -> None:
     plugin = tmp_path / "opts.py"
     plugin.write_text(
-        "from station.hookspecs import hookimpl\n"
+        "from station.routing.hookspecs import hookimpl\n"
         "SEEN = []\n"
         "@hookimpl\n"
         "def station_configure(options):\n"

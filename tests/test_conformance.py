@@ -10,9 +10,9 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from station.config import ListenConfig
 from station.conformance import REJECTIONS, render, sop_classes, transfer_syntaxes
-from station.metrics import ASSOCIATION_REJECT_REASONS
-from station.net.pdu import Association, PresentationContext
-from station.net.tls import BCP195_CIPHERS
+from station.dicom.pdu import Association, PresentationContext
+from station.dicom.tls import BCP195_CIPHERS
+from station.ops.metrics import ASSOCIATION_REJECT_REASONS
 from station.receive.negotiation import Policy
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "conformance.md"

@@ -1,7 +1,7 @@
 """The metrics contract (DESIGN.md), the Grafana dashboard and the Prometheus alert rules.
 
 Every query of dashboards/station.json and dashboards/alerts.yaml may name only metrics and
-labels that station/metrics.py exposes; promtool parses every query and runs the alert
+labels that station/ops/metrics.py exposes; promtool parses every query and runs the alert
 rules' unit tests (dashboards/alerts_test.yaml).
 """
 
@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-from station.metrics import Metrics
+from station.ops.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "dashboards" / "station.json"
@@ -35,7 +35,7 @@ needs_promtool = pytest.mark.skipif(
 
 
 def exposition() -> tuple[dict[str, set[str]], dict[str, str]]:
-    """Every sample name station/metrics.py exposes, with its label names (every labelled
+    """Every sample name station/ops/metrics.py exposes, with its label names (every labelled
     metric given one child), and the HELP text of every metric family."""
     metrics = Metrics()
     for collector in vars(metrics).values():
@@ -95,7 +95,7 @@ def check_expr(expr: str, where: str) -> set[str]:
     metrics, labels = referenced(expr)
     assert metrics, f"{where}: no metric in {expr!r}"
     unknown = metrics - set(known)
-    assert not unknown, f"{where}: {sorted(unknown)} not in station/metrics.py: {expr}"
+    assert not unknown, f"{where}: {sorted(unknown)} not in station/ops/metrics.py: {expr}"
     allowed = set().union(*(known[m] for m in metrics)) | PROMETHEUS_LABELS
     assert labels <= allowed, f"{where}: labels {sorted(labels - allowed)} unknown: {expr}"
     return metrics

@@ -26,9 +26,7 @@ from conftest import VALID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from station.dicomfile import dataset_start
-from station.errors import RejectedInstance
-from station.net.dimse import (
+from station.dicom.dimse import (
     Channel,
     ConnectionClosed,
     PeerAborted,
@@ -36,7 +34,8 @@ from station.net.dimse import (
     decode_command,
     encode_command,
 )
-from station.net.pdu import (
+from station.dicom.files import dataset_start
+from station.dicom.pdu import (
     ABORT_PDU,
     ASSOCIATE_AC,
     ASSOCIATE_RJ,
@@ -56,8 +55,9 @@ from station.net.pdu import (
     encode_reject,
     encode_request,
 )
-from station.scan import scan_header
-from station.validate import check_structure
+from station.dicom.scan import scan_header
+from station.dicom.validate import check_structure
+from station.errors import RejectedInstance
 
 CASES = int(os.environ.get("STATION_FUZZ_EXAMPLES", "10000"))
 BATCH = 50

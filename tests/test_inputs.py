@@ -1,4 +1,4 @@
-"""station.inputs: the one set of rules `run`, `send` and `preview` read inputs by."""
+"""station.receive.inputs: the one set of rules `run`, `send` and `preview` read inputs by."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import VALID
 
-from station.inputs import ZipLimits, input_files
+from station.receive.inputs import ZipLimits, input_files
 
 
 def read(paths: list[Path], scratch: Path, limits: ZipLimits | None = None):

@@ -13,10 +13,10 @@ from conftest import VALID, needs_corpus, storescu, wait_for
 from pydicom.uid import generate_uid
 
 from station.errors import RejectedInstance
-from station.journal import Journal
-from station.records import Received
 from station.series import Assembler
-from station.spool import CANNOT_UNDERSTAND, Spool, identify, is_uid
+from station.store.journal import Journal
+from station.store.records import Received
+from station.store.spool import CANNOT_UNDERSTAND, Spool, identify, is_uid
 
 
 def copy_with(tmp: Path, name: str, **tags: str) -> Path:

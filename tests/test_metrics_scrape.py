@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pynetdicom import AE, _config
 
 from station import __version__
-from station.metrics import REJECT_REASONS
+from station.ops.metrics import REJECT_REASONS
 
 pytestmark = pytest.mark.e2e
 

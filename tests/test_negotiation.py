@@ -16,8 +16,8 @@ from pydicom.uid import (
 from pynetdicom.sop_class import CTImageStorage
 
 from station.config import ListenConfig
-from station.net.dimse import VERIFICATION
-from station.net.pdu import Association, PresentationContext
+from station.dicom.dimse import VERIFICATION
+from station.dicom.pdu import Association, PresentationContext
 from station.receive.negotiation import Policy
 
 

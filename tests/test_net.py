@@ -38,8 +38,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
-from station.net.dimse import C_STORE_RQ, HAS_DATASET, Channel, Command
-from station.net.pdu import (
+from station.dicom.dimse import C_STORE_RQ, HAS_DATASET, Channel, Command
+from station.dicom.pdu import (
     ASSOCIATE_AC,
     Association,
     PresentationContext,

@@ -47,7 +47,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext as PynetdicomContext
 
-from station.net.dimse import (
+from station.dicom.dimse import (
     COMMAND_BIT,
     LAST_BIT,
     Channel,
@@ -55,7 +55,7 @@ from station.net.dimse import (
     decode_command,
     encode_command,
 )
-from station.net.pdu import (
+from station.dicom.pdu import (
     ABORT,
     ABORT_PDU,
     APPLICATION_CONTEXT,
@@ -80,7 +80,7 @@ from station.net.pdu import (
     encode_reject,
     encode_request,
 )
-from station.net.pdu import (
+from station.dicom.pdu import (
     P_DATA_TF as P_DATA_TF_TYPE,
 )
 

@@ -14,8 +14,8 @@ from conftest import VALID, StationProcess, storescu, storescu_successes, wait_f
 from station.config import FolderDestinationConfig, load_config
 from station.dispatch.folder import FolderDestination
 from station.errors import ConfigError
-from station.records import Instance
-from station.spool import identify
+from station.store.records import Instance
+from station.store.spool import identify
 
 
 @pytest.fixture

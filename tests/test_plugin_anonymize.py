@@ -18,7 +18,7 @@ from plugin_files import FILES, QUIET, read, series_of, walk, written
 from pydicom.dataset import Dataset
 
 from station.errors import ConfigError
-from station.plugins import Plugins
+from station.routing.plugins import Plugins
 from station_plugins import anonymize as plugin
 from station_plugins.uid_remap import new_uid
 

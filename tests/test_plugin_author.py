@@ -30,14 +30,14 @@ from conftest import VALID, StoreSCP, dicom_destination, needs_corpus, storescu,
 from test_cli import cli
 from test_routing import received, settled, sop_uid
 
-from station import hookspecs
 from station.config import load_config
 from station.dispatch.base import build_destination
 from station.errors import ConfigError
-from station.records import Instance
+from station.routing import hookspecs
 from station.series import SeriesView
 from station.service import load_setup
-from station.spool import identify
+from station.store.records import Instance
+from station.store.spool import identify
 from station.testing import (
     apply_transforms,
     load_plugins,
@@ -386,7 +386,7 @@ def test_plugins_without_a_subcommand_still_lists_them(
 HANG = """\
 import time
 
-from station.hookspecs import hookimpl
+from station.routing.hookspecs import hookimpl
 
 
 @hookimpl

@@ -10,9 +10,9 @@ from conftest import VALID, needs_corpus
 from plugin_files import FILES, QUIET, series_of
 
 from station.errors import ConfigError
-from station.plugins import Plugins
-from station.router import decide
-from station.routes import Route
+from station.routing.plugins import Plugins
+from station.routing.router import decide
+from station.routing.routes import Route
 
 pytestmark = pytest.mark.filterwarnings(*QUIET)
 LABELS = {

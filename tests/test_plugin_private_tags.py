@@ -9,7 +9,7 @@ from conftest import VALID, needs_corpus
 from plugin_files import FILES, QUIET, read, series_of, written
 
 from station.errors import ConfigError
-from station.plugins import Plugins
+from station.routing.plugins import Plugins
 from station_plugins import private_tags as plugin
 
 pytestmark = pytest.mark.filterwarnings(*QUIET)

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from station.errors import ConfigError
-from station.plugins import Plugins
+from station.routing.plugins import Plugins
 from station_plugins import uid_remap as plugin
 
 pytestmark = pytest.mark.filterwarnings(*QUIET)

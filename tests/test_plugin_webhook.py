@@ -12,7 +12,7 @@ from conftest import VALID, needs_corpus, wait_for
 from plugin_files import Receiver, series_of
 
 from station.errors import ConfigError
-from station.plugins import Plugins
+from station.routing.plugins import Plugins
 
 CT = VALID / "CT_small.dcm"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from station.journal import Journal
-from station.quarantine import Quarantine
+from station.store.journal import Journal
+from station.store.quarantine import Quarantine
 
 
 def test_files_in_quarantine_without_a_row_are_journaled_once(tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from conftest import (
 )
 from test_failures import FAST_RETRY, arrived_uids, make_instances
 
-from station import journal as journal_module
 from station.errors import JournalError
-from station.journal import SCHEMA_VERSION, Journal
+from station.store import journal as journal_module
+from station.store.journal import SCHEMA_VERSION, Journal
 
 # --- schema versions (in-process) ----------------------------------------------------------
 

@@ -30,10 +30,10 @@ from typer.testing import CliRunner
 
 from station.cli import app
 from station.errors import PluginError
-from station.hookspecs import hookimpl
-from station.plugins import Plugins
-from station.router import decide
-from station.routes import Route
+from station.routing.hookspecs import hookimpl
+from station.routing.plugins import Plugins
+from station.routing.router import decide
+from station.routing.routes import Route
 from station.series import SeriesView
 
 CT = VALID / "CT_small.dcm"
@@ -50,7 +50,7 @@ def write_plugin(folder: Path, name: str, body: str) -> Path:
     """A plugin module ``name.py`` in ``folder`` (the hookimpl import is added)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.py"
-    path.write_text("from station.hookspecs import hookimpl\n\n" + textwrap.dedent(body))
+    path.write_text("from station.routing.hookspecs import hookimpl\n\n" + textwrap.dedent(body))
     return path
 
 

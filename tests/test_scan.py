@@ -1,4 +1,4 @@
-"""The byte scan (station.scan) against pydicom (identify_with_pydicom), on the shared corpus,
+"""The byte scan (station.dicom.scan) against pydicom (identify_with_pydicom), on the shared corpus,
 on cut copies and on edited copies. The scan may decline any file; a Header it returns must be
 the one pydicom gives, so the scan never lets in a file that pydicom refuses.
 """
@@ -24,9 +24,9 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from station.dicom.scan import CHARACTER_SETS, LONG_VRS, PIXEL_DATA, SHORT_VRS, scan_header
 from station.errors import RejectedInstance
-from station.scan import CHARACTER_SETS, LONG_VRS, PIXEL_DATA, SHORT_VRS, scan_header
-from station.spool import Header, identify, identify_with_pydicom
+from station.store.spool import Header, identify, identify_with_pydicom
 
 CORPUS = sorted(path for path in DATA.rglob("*") if path.is_file())
 

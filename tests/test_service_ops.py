@@ -37,7 +37,7 @@ from conftest import (
 from test_failures import arrived_uids, make_instances
 
 from station.config import load_config
-from station.install import CONFIG, ROUTES, SYSUSERS, TMPFILES, UNIT
+from station.ops.install import CONFIG, ROUTES, SYSUSERS, TMPFILES, UNIT
 from station.service import SCP_DRAIN_SECONDS, STOP_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,7 +310,7 @@ def test_watchdog_pings_stop_while_series_assembly_is_stuck(tmp_path, notify):
     plugin.write_text(
         "import pathlib\n"
         "import time\n\n"
-        "from station.hookspecs import hookimpl\n\n\n"
+        "from station.routing.hookspecs import hookimpl\n\n\n"
         "@hookimpl\n"
         "def station_classify_series(series):\n"
         f"    for _ in range(1200):  # until {release.name} exists, 60 s at most\n"

@@ -21,9 +21,9 @@ from test_routing import Triage  # drops US, labels MR body=head, sends heads to
 
 from station.config import load_config
 from station.errors import ConfigError, PluginError
-from station.hookspecs import hookimpl
-from station.metrics import Metrics
-from station.plugins import MAX_OVERRUNNING, Plugins
+from station.ops.metrics import Metrics
+from station.routing.hookspecs import hookimpl
+from station.routing.plugins import MAX_OVERRUNNING, Plugins
 from station.series import SeriesView
 from station.service import load_setup
 from station.testing import (
@@ -306,7 +306,8 @@ def test_a_hook_past_its_time_limit_quarantines_only_its_series(
 ) -> None:
     metrics = Metrics()
     clock = itertools.count(100.0, 0.25)  # each perf_counter() call, a quarter second later
-    monkeypatch.setattr("station.plugins.time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    fake_time = SimpleNamespace(perf_counter=lambda: next(clock))
+    monkeypatch.setattr("station.routing.plugins.time", fake_time)
     result = run_plugins(
         series_from_files(CT), [hangs], routes=ALL, timeout_seconds=0.2, metrics=metrics
     )

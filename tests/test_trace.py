@@ -31,7 +31,7 @@ CT = dcmread(VALID / "CT_small.dcm", stop_before_pixels=True)
 SERIES, STUDY, SOP = str(CT.SeriesInstanceUID), str(CT.StudyInstanceUID), str(CT.SOPInstanceUID)
 PATIENT = str(CT.PatientName)
 CLASSIFY = """\
-from station.hookspecs import hookimpl
+from station.routing.hookspecs import hookimpl
 
 
 @hookimpl
@@ -123,7 +123,7 @@ def test_json_log_lines_carry_the_series_and_calling_ae(tmp_path, pacs):
     entries = [json.loads(line) for line in text.splitlines()]  # every line is one object
     assert all({"ts", "level", "logger", "message"} <= set(e) for e in entries)
     about = [e for e in entries if e.get("series_uid") == SERIES]
-    assert {e["logger"] for e in about} >= {"station.router", "station.dispatch.dispatcher"}
+    assert {e["logger"] for e in about} >= {"station.routing.router", "station.dispatch.dispatcher"}
     assert all(e["study_uid"] == STUDY and e["calling_ae"] == "SCANNER1" for e in about)
     assert entries[-1]["message"] == "stopped"
     assert PATIENT not in text

@@ -1,4 +1,4 @@
-"""The structure check before acknowledging (station.validate), on the shared corpus and on
+"""The structure check before acknowledging (station.dicom.validate), on the shared corpus and on
 copies cut or damaged on purpose, in every transfer syntax the corpus has."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from station.dicomfile import dataset_start
+from station.dicom.files import dataset_start
+from station.dicom.validate import check_structure
 from station.errors import RejectedInstance
-from station.spool import CANNOT_UNDERSTAND, identify
-from station.validate import check_structure
+from station.store.spool import CANNOT_UNDERSTAND, identify
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 

@@ -14,7 +14,7 @@ from conftest import MALFORMED, VALID, c_store, wait_for
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from station.dicomfile import dataset_start
+from station.dicom.files import dataset_start
 
 pytestmark = pytest.mark.e2e
 

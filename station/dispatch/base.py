@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from station.records import Instance
+from station.store.records import Instance
 
 # Turns a spooled instance into the data set to send, for routes with transforms; None
 # means send the spool file as it is.

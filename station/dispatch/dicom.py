@@ -33,18 +33,18 @@ from pydicom.uid import (
 from pynetdicom.dsutils import encode
 
 from station.config import DicomDestinationConfig
-from station.dicomfile import dataset_start
-from station.dispatch.base import Prepare, SendResult
-from station.errors import PermanentSendError, TransientSendError
-from station.net.dimse import VERIFICATION, status_category
-from station.net.scu import (
+from station.dicom.dimse import VERIFICATION, status_category
+from station.dicom.files import dataset_start
+from station.dicom.scu import (
     AssociationError,
     AssociationRejected,
     ConnectFailed,
     Requestor,
 )
-from station.net.tls import client_context
-from station.records import Instance
+from station.dicom.tls import client_context
+from station.dispatch.base import Prepare, SendResult
+from station.errors import PermanentSendError, TransientSendError
+from station.store.records import Instance
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose

@@ -19,15 +19,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from station.config import RetryConfig
+from station.dicom.dimse import describe_status
 from station.dispatch.base import Destination, Prepare
 from station.errors import PermanentSendError, TransientSendError
-from station.journal import Journal
-from station.logs import series_fields
-from station.metrics import Metrics
-from station.net.dimse import describe_status
-from station.plugins import Plugins
-from station.records import Delivery, Instance
+from station.ops.logs import series_fields
+from station.ops.metrics import Metrics
+from station.routing.plugins import Plugins
 from station.series import SeriesView
+from station.store.journal import Journal
+from station.store.records import Delivery, Instance
 
 log = logging.getLogger(__name__)
 

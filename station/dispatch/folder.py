@@ -17,8 +17,8 @@ from pathlib import Path
 from station.config import FolderDestinationConfig
 from station.dispatch.base import Prepare, SendResult
 from station.errors import TransientSendError
-from station.records import Instance
-from station.spool import fsync_dir, is_uid, make_folder
+from station.store.records import Instance
+from station.store.spool import fsync_dir, is_uid, make_folder
 
 
 class FolderDestination:

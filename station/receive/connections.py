@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from station.config import ListenConfig
-from station.net.dimse import Channel
+from station.dicom.dimse import Channel
 
 
 @dataclass(eq=False)

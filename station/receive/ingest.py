@@ -1,7 +1,7 @@
 """Taking one dropped file or zip archive in: read through one open descriptor (never a
 link's target), copied into the spool, checked, journaled; then the original is deleted or
 moved only if it is still the file that was read. What is refused goes to quarantine once,
-with its reason (station.quarantine). When a file is taken, and the rules for writers, are
+with its reason (station.store.quarantine). When a file is taken, and the rules for writers, are
 DropFolders' concern (station.receive.folder)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from station.config import WatchConfig
 from station.errors import RejectedInstance
-from station.inputs import (
+from station.receive.inputs import (
     COPY_CHUNK,
     Extraction,
     RejectedInput,
@@ -26,10 +26,10 @@ from station.inputs import (
     open_input,
     open_zip,
 )
-from station.quarantine import Quarantine, free_name
 from station.receive.intake import Intake, Origin
-from station.records import Dropped
-from station.spool import full_disk_reason, identify
+from station.store.quarantine import Quarantine, free_name
+from station.store.records import Dropped
+from station.store.spool import full_disk_reason, identify
 
 log = logging.getLogger(__name__)
 

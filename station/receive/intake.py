@@ -7,10 +7,10 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from station.journal import Journal
-from station.metrics import Metrics
-from station.records import Dropped, Received
-from station.spool import Header, Spool
+from station.ops.metrics import Metrics
+from station.store.journal import Journal
+from station.store.records import Dropped, Received
+from station.store.spool import Header, Spool
 
 
 @dataclass(frozen=True)

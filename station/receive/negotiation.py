@@ -15,8 +15,8 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from station.config import ListenConfig
-from station.net.dimse import VERIFICATION
-from station.net.pdu import (
+from station.dicom.dimse import VERIFICATION
+from station.dicom.pdu import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
     ACCEPTED,
     APPLICATION_CONTEXT,
@@ -32,7 +32,7 @@ from station.net.pdu import (
     Association,
     Rejection,
 )
-from station.spool import is_uid
+from station.store.spool import is_uid
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,7 @@ import time
 from pathlib import Path
 
 from station.config import ListenConfig
-from station.dicomfile import file_meta
-from station.errors import RejectedInstance
-from station.logs import series_fields
-from station.metrics import Metrics
-from station.net.dimse import (
+from station.dicom.dimse import (
     C_ECHO_RQ,
     C_STORE_RQ,
     NO_DATASET,
@@ -44,7 +40,8 @@ from station.net.dimse import (
     PeerReleased,
     response_to,
 )
-from station.net.pdu import (
+from station.dicom.files import file_meta
+from station.dicom.pdu import (
     ASSOCIATE_RQ,
     PDU_HEADER,
     REASON_LOCAL_LIMIT_EXCEEDED,
@@ -60,12 +57,15 @@ from station.net.pdu import (
     encode_accept,
     encode_reject,
 )
-from station.net.scu import tcp_nodelay
-from station.net.tls import server_context
+from station.dicom.scu import tcp_nodelay
+from station.dicom.tls import server_context
+from station.errors import RejectedInstance
+from station.ops.logs import series_fields
+from station.ops.metrics import Metrics
 from station.receive.connections import Connection, Connections
 from station.receive.intake import Intake, Origin
 from station.receive.negotiation import Policy, Refusal
-from station.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, full_disk_reason, identify
+from station.store.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, full_disk_reason, identify
 
 log = logging.getLogger(__name__)
 

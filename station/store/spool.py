@@ -36,7 +36,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from station.dicomfile import PIXEL_DATA, ROWS
+from station.dicom.files import PIXEL_DATA, ROWS
 from station.errors import RejectedInstance
 
 log = logging.getLogger(__name__)
@@ -91,16 +91,18 @@ def read_header(path: Path) -> Dataset:
 def identify(path: Path) -> Header:
     """Read and check the UIDs that decide where an instance goes, and that the data set is
     complete; raise RejectedInstance. A clean little-endian file is read straight from its
-    bytes (station.scan, many times faster); pydicom reads and words everything else."""
-    from station.scan import scan_header  # not at the top: station.scan imports this module
+    bytes (station.dicom.scan, many times faster); pydicom reads and words everything else."""
+    from station.dicom.scan import (
+        scan_header,  # not at the top: station.dicom.scan imports this module
+    )
 
     return scan_header(path) or identify_with_pydicom(path)
 
 
 def identify_with_pydicom(path: Path) -> Header:
-    """identify() by pydicom: the structure is walked to its end first (station.validate),
+    """identify() by pydicom: the structure is walked to its end first (station.dicom.validate),
     then every top-level element is read, but no long value."""
-    from station.validate import check_structure  # it imports this module
+    from station.dicom.validate import check_structure  # it imports this module
 
     check_structure(path)
     try:

@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from station.journal import Journal
-from station.net.dimse import describe_status
-from station.quarantine import quarantine_items
+from station.dicom.dimse import describe_status
+from station.store.journal import Journal
+from station.store.quarantine import quarantine_items
 
 
 def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:

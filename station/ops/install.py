@@ -53,7 +53,7 @@ def source_dir() -> Path:
     module runs from, or ``share/station`` of the installation (where a wheel puts them:
     the venv's or the interpreter's prefix, or the user base of ``pip install --user``)."""
     candidates = [
-        Path(__file__).resolve().parents[1],
+        Path(station.__file__).resolve().parents[1],
         *(Path(p) / "share" / "station" for p in (sys.prefix, site.getuserbase())),
     ]
     for base in candidates:

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from station.journal import Journal
+from station.ops.metrics import QUARANTINE_KINDS
+from station.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
-KINDS = ("file", "zip", "member", "link", "series")
 NAME_MAX = 255  # bytes, on Linux file systems
 
 
@@ -207,7 +207,7 @@ class Quarantine:
 
     def counts(self) -> dict[str, int]:
         """Held items per kind (every kind present), series quarantined by plugins too."""
-        counts = dict.fromkeys(KINDS, 0)
+        counts = dict.fromkeys(QUARANTINE_KINDS, 0)
         for r in self.journal.query(
             "SELECT kind, count(*) AS n FROM quarantine WHERE state='held' GROUP BY kind"
         ):

@@ -23,7 +23,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from station.dicomfile import (
+from station.dicom.files import (
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     ITEM,
@@ -34,7 +34,7 @@ from station.dicomfile import (
     SEQUENCES,
 )
 from station.errors import RejectedInstance
-from station.spool import CANNOT_UNDERSTAND, UNDEFINED_LENGTH
+from station.store.spool import CANNOT_UNDERSTAND, UNDEFINED_LENGTH
 
 TRUNCATED = "truncated"  # the data ends inside an element, item or sequence
 MALFORMED = "malformed"  # lengths, items or delimiters that contradict each other

@@ -11,8 +11,7 @@ import socket
 import ssl
 from typing import IO
 
-from station.errors import StationError
-from station.net.dimse import (
+from station.dicom.dimse import (
     C_ECHO_RQ,
     C_STORE_RQ,
     HAS_DATASET,
@@ -24,7 +23,7 @@ from station.net.dimse import (
     PeerAborted,
     PeerReleased,
 )
-from station.net.pdu import (
+from station.dicom.pdu import (
     ABORT,
     ASSOCIATE_AC,
     ASSOCIATE_RJ,
@@ -41,6 +40,7 @@ from station.net.pdu import (
     describe_abort,
     encode_request,
 )
+from station.errors import StationError
 
 
 class AssociationError(StationError):

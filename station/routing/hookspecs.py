@@ -93,7 +93,7 @@ def station_destination_types() -> dict[str, type] | None:
     Called once at start-up. The class is constructed as ``cls(name, options)`` with the
     destination's config mapping (``type`` and ``retry`` included) and must provide
     ``send(instances, prepare) -> SendResult`` (see ``station.dispatch.base.Destination``):
-    ``instances`` are the batch's ``station.journal.Instance`` records (``path`` is the
+    ``instances`` are the batch's ``station.store.journal.Instance`` records (``path`` is the
     spool file, never to be modified); ``prepare`` is None when the route has no
     transforms, else ``prepare(instance)`` returns the transformed ``Dataset`` to send.
     Raise ``station.errors.TransientSendError`` to have the whole batch retried with

@@ -21,7 +21,7 @@ import os
 import struct
 from pathlib import Path
 
-from station.dicomfile import (
+from station.dicom.files import (
     EXPLICIT,
     EXPLICIT_VR_BIG_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -34,7 +34,7 @@ from station.dicomfile import (
     SEQUENCE_DELIMITER,
     SEQUENCES,
 )
-from station.spool import MEDIA_STORAGE_DIRECTORY, UNDEFINED_LENGTH, Header, is_uid
+from station.store.spool import MEDIA_STORAGE_DIRECTORY, UNDEFINED_LENGTH, Header, is_uid
 
 HEAD_BYTES = 16 * 1024  # the whole header of most files, in one read
 WINDOW_BYTES = 4096  # read when an element header lies past what is in memory
@@ -268,7 +268,7 @@ class _Walk:
             if vr in (b"SQ", b"UN"):  # pydicom, like PS3.5 6.2.2, reads UN as a sequence
                 return self.sequence(value, implicit)[0]
             if vr not in (b"OB", b"OW"):
-                raise _Unsure  # undefined length where PS3.5 allows none: station.validate
+                raise _Unsure  # undefined length where PS3.5 allows none: station.dicom.validate
             return self.fragments(value)
         if tag in PIXEL_DATA:
             return self.fragments(value)
@@ -305,7 +305,7 @@ class _Walk:
 
     def items(self, pos: int, end: int, implicit: bool) -> int:
         """Walk the items of a sequence of defined length, which must end at ``end``: its
-        length is checked against theirs, as station.validate does."""
+        length is checked against theirs, as station.dicom.validate does."""
         while pos < end:
             index = self.at(pos, 8)
             group, number, length = _IMPLICIT.unpack_from(self.buf, index)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from station.errors import StorageInUse
-from station.spool import FILE_MODE, make_folder
+from station.store.spool import FILE_MODE, make_folder
 
 LOCK_NAME = "station.lock"
 

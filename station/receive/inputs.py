@@ -26,30 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from station.config import ZipLimits
+
 COPY_CHUNK = 1 << 20
 RATIO_FLOOR_BYTES = 1 << 20  # below this much inflated data a ratio proves nothing
 
 
 class RejectedInput(Exception):
-    """A file or a whole archive is refused; ``reason`` is a short code from REASONS."""
+    """A file or a whole archive is refused; ``reason`` is a short code from
+    station.ops.metrics.INPUT_REASONS."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-# The reasons an input is refused, as metric labels (plus RejectedInstance's reasons).
-REASONS = ("symlink", "not_regular", "unreadable", "unsafe_zip", "zip_limits", "corrupt_zip")
-
-
-@dataclass(frozen=True)
-class ZipLimits:
-    """How much one zip archive may hold (``watch.zip_max_*``; the same defaults for send
-    and preview)."""
-
-    max_files: int = 100_000
-    max_bytes: int = 20 * 2**30
-    max_ratio: float = 100.0
 
 
 @dataclass(frozen=True)

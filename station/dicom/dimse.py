@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import IO, cast
 
-from station.net.pdu import (
+from station.dicom.pdu import (
     ABORT,
     ABORT_PDU,
     P_DATA_TF,

@@ -9,7 +9,7 @@ from typing import IO
 
 from pydicom.datadict import dictionary_VR, keyword_dict
 
-from station.net.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from station.dicom.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 PREAMBLE = bytes(128) + b"DICM"
 # Explicit VR (PS3.5 7.1.2): VRs whose length takes 4 bytes after 2 reserved ones.
@@ -17,8 +17,8 @@ LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 EXPLICIT = struct.Struct("<HH2sH")  # tag, VR and 2-byte length
 LENGTH = struct.Struct("<I")
 
-# The data set's structure (PS3.5 7.5, A.4), for the byte-level readers (station.scan,
-# station.validate) and the drop folder.
+# The data set's structure (PS3.5 7.5, A.4), for the byte-level readers (station.dicom.scan,
+# station.dicom.validate) and the drop folder.
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 # Float, double float and (encapsulated) pixel data: never a sequence in pydicom's dictionary.

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from station.dicom.pdu import IMPLEMENTATION_CLASS_UID
 from station.errors import JournalError, RejectedInstance
-from station.journal import Journal, NewerJournal
-from station.net.pdu import IMPLEMENTATION_CLASS_UID
-from station.records import Received
-from station.spool import Spool, identify, make_folder, read_header
+from station.store.journal import Journal, NewerJournal
+from station.store.records import Received
+from station.store.spool import Spool, identify, make_folder, read_header
 
 log = logging.getLogger(__name__)
 

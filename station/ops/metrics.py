@@ -16,8 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from station import __version__
-from station.inputs import REASONS
-from station.quarantine import KINDS
 
 REJECT_REASONS = (
     "not_dicom",
@@ -51,9 +49,20 @@ CONNECTION_CLOSE_REASONS = (
     "bad_request",
     "idle_timeout",
 )
-# Why a dropped input can be refused, beyond REJECT_REASONS (station.inputs.REASONS, and
-# the drop folder's own: incomplete for too long, taken but not removable).
-INPUT_REASONS = (*REASONS, "incomplete", "undeletable")
+# Why a dropped input can be refused, beyond REJECT_REASONS: station.receive.inputs refuses
+# the first six, the drop folder the others (incomplete for too long, taken but not removable).
+INPUT_REASONS = (
+    "symlink",
+    "not_regular",
+    "unreadable",
+    "unsafe_zip",
+    "zip_limits",
+    "corrupt_zip",
+    "incomplete",
+    "undeletable",
+)
+# What a quarantine item holds (station.store.quarantine).
+QUARANTINE_KINDS = ("file", "zip", "member", "link", "series")
 MAX_CALLING_AES = 64  # bounds the calling_ae label when no allow-list is configured
 DISPATCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 LATENCY_BUCKETS = (1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
@@ -194,7 +203,7 @@ class Metrics:
             self.instances_rejected.labels(reason).inc(0)
         for reason in (*REJECT_REASONS, *INPUT_REASONS):
             self.quarantined_inputs.labels(reason).inc(0)
-        for kind in KINDS:
+        for kind in QUARANTINE_KINDS:
             self.quarantine_items.labels(kind).set(0)
         for reason in ASSOCIATION_REJECT_REASONS:
             self.associations_rejected.labels(reason).inc(0)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from station.errors import JournalError
-from station.records import (
+from station.store.records import (
     Batch,
     Delivery,
     Dropped,
@@ -32,7 +32,7 @@ from station.records import (
     batch_from_row,
     delivery_from_row,
 )
-from station.spool import FILE_MODE, make_folder
+from station.store.spool import FILE_MODE, make_folder
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS dropped_files (
 """
 
 # Version 2: warning statuses peers answered per instance sent, and rejected inputs held
-# in quarantine (station/quarantine.py reads and writes these rows).
+# in quarantine (station/store/quarantine.py reads and writes these rows).
 SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS instance_warnings (
     delivery_id INTEGER NOT NULL,

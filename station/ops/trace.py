@@ -11,9 +11,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from station.journal import Journal
-from station.net.dimse import describe_status
-from station.records import Batch, Delivery, Event, batch_from_row, delivery_from_row
+from station.dicom.dimse import describe_status
+from station.store.journal import Journal
+from station.store.records import Batch, Delivery, Event, batch_from_row, delivery_from_row
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from station.errors import PluginError
-from station.journal import Journal
-from station.logs import series_fields
-from station.metrics import Metrics
-from station.plugins import Plugins
-from station.routes import Route
+from station.ops.logs import series_fields
+from station.ops.metrics import Metrics
+from station.routing.plugins import Plugins
+from station.routing.routes import Route
 from station.series import SeriesView
+from station.store.journal import Journal
 
 log = logging.getLogger(__name__)
 

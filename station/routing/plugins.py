@@ -1,8 +1,8 @@
 """Loading plugins (pluggy) and calling their hooks so that one failure stays contained.
 
 The manager is built in pluggy's order and owned by the service, never a module global:
-``PluginManager("station")`` -> ``add_hookspecs`` -> blocked names -> entry points
-(``station.plugins``) -> configured files, folders and modules -> ``check_pending()``.
+``PluginManager("station")`` -> ``add_hookspecs`` -> blocked names -> the
+``station.plugins`` entry points -> configured files, folders and modules -> ``check_pending()``.
 
 Every hook call runs on a daemon thread of its own and is waited for at most
 ``timeout_seconds``. Python cannot stop a thread: a call that overruns is abandoned (it runs
@@ -30,12 +30,12 @@ from typing import Any
 
 import pluggy
 
-from station import hookspecs
+from station.config import DEFAULT_TIMEOUT_SECONDS
 from station.errors import ConfigError, PluginError
-from station.metrics import Metrics
+from station.ops.metrics import Metrics
+from station.routing import hookspecs
 
 ENTRY_POINT_GROUP = "station.plugins"
-DEFAULT_TIMEOUT_SECONDS = 30.0
 MAX_OVERRUNNING = 4
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Operations: metrics, logs, systemd, install, start-up checks, status and trace reports."""
