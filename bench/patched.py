@@ -85,8 +85,8 @@ def no_fsync() -> None:
 def no_identify() -> None:
     from pydicom import dcmread
 
+    from station.dicom.files import Header
     from station.receive import scp
-    from station.store.spool import Header
 
     def from_file_meta(path: Any) -> Header:
         # Only the file meta and the two UIDs the request does not carry.

@@ -18,6 +18,7 @@ import typer
 
 from station import __version__
 from station.config import DicomDestinationConfig, StationConfig, load_config
+from station.dicom.identify import identify
 from station.dispatch.dicom import Peer, echo, store
 from station.errors import (
     ConfigError,
@@ -42,7 +43,7 @@ from station.store.lock import StorageLock
 from station.store.quarantine import Quarantine, QuarantineError
 from station.store.records import Instance
 from station.store.recovery import journal_path, rebuild, untrusted
-from station.store.spool import Spool, identify
+from station.store.spool import Spool
 
 app = typer.Typer(
     add_completion=False,

@@ -15,18 +15,13 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from station import __version__
 from station.config import DicomDestinationConfig, ListenConfig, ListenTlsConfig
-from station.dicom.dimse import (
-    SOP_CLASS_NOT_SUPPORTED,
-    SUCCESS,
-    UNRECOGNIZED_OPERATION,
-    VERIFICATION,
-)
+from station.dicom.dimse import VERIFICATION
 from station.dicom.pdu import APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from station.dicom.status import Status
 from station.dicom.tls import BCP195_CIPHERS, MINIMUM_VERSION
 from station.dispatch.dicom import CONVERTIBLE
 from station.ops.metrics import ASSOCIATION_REJECT_REASONS
 from station.receive.negotiation import accepts_abstract_syntax
-from station.store.spool import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES
 
 # A-ASSOCIATE-RJ per reason of station_associations_rejected_total: (result, source, reason).
 REJECTIONS = {
@@ -52,28 +47,32 @@ WHEN_REJECTED = {
     "are in progress",
 }
 STATUSES = (
-    (SUCCESS, "Success", "the instance is fsynced in the spool and journaled"),
+    (Status.SUCCESS, "Success", "the instance is fsynced in the spool and journaled"),
     (
-        OUT_OF_RESOURCES,
+        Status.OUT_OF_RESOURCES,
         "Refused: out of resources",
         "too little free disk (storage.min_free_bytes)",
     ),
     (
-        DATASET_MISMATCH,
+        Status.DATASET_MISMATCH,
         "Error: data set does not match SOP class",
         "the data set's SOP Instance UID differs from the request's",
     ),
     (
-        CANNOT_UNDERSTAND,
+        Status.CANNOT_UNDERSTAND,
         "Error: cannot understand",
         "not DICOM, truncated, a missing or invalid UID",
     ),
     (
-        SOP_CLASS_NOT_SUPPORTED,
+        Status.SOP_CLASS_NOT_SUPPORTED,
         "Refused: SOP class not supported",
         "the request's Affected SOP Class UID is not its presentation context's abstract syntax",
     ),
-    (UNRECOGNIZED_OPERATION, "Unrecognized operation", "any DIMSE request but C-STORE and C-ECHO"),
+    (
+        Status.UNRECOGNIZED_OPERATION,
+        "Unrecognized operation",
+        "any DIMSE request but C-STORE and C-ECHO",
+    ),
 )
 
 

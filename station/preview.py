@@ -17,12 +17,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from station.dicom.identify import identify, read_header
 from station.errors import PluginError, RejectedInstance
 from station.receive.inputs import InputFile
 from station.routing.router import decide
 from station.series import SeriesView
 from station.service import Setup
-from station.store.spool import identify, read_header
 
 
 @dataclass

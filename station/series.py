@@ -19,9 +19,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from station.dicom.identify import read_header
 from station.store.journal import Journal
 from station.store.records import Batch
-from station.store.spool import read_header
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0  # after a failed pass: a full disk or broken journal is not hammered

@@ -35,13 +35,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from station.config import DEFAULT_TIMEOUT_SECONDS, format_validation_error
+from station.dicom.files import Header
+from station.dicom.identify import identify, read_header
 from station.errors import ConfigError, PluginError, RejectedInstance
 from station.ops.metrics import Metrics
 from station.routing.plugins import Plugins
 from station.routing.router import decide
 from station.routing.routes import Route, TransformStep, check_references, load_routes
 from station.series import SeriesView
-from station.store.spool import Header, identify, read_header
 
 # A plugin: a module or object with hook implementations, or a file, folder or module name
 # as in the config's ``plugins:`` list. A mapping gives each plugin object its name.

@@ -12,11 +12,14 @@ import pytest
 from conftest import VALID, needs_corpus, storescu, wait_for
 from pydicom.uid import generate_uid
 
+from station.dicom.files import is_uid
+from station.dicom.identify import identify
+from station.dicom.status import Status
 from station.errors import RejectedInstance
 from station.series import Assembler
 from station.store.journal import Journal
 from station.store.records import Received
-from station.store.spool import CANNOT_UNDERSTAND, Spool, identify, is_uid
+from station.store.spool import Spool
 
 
 def copy_with(tmp: Path, name: str, **tags: str) -> Path:
@@ -107,7 +110,7 @@ def test_instance_with_path_traversal_uid_is_refused(tmp_path: Path) -> None:
     path = copy_with(tmp_path, "bad.dcm", SeriesInstanceUID="../../../tmp/evil")
     with pytest.raises(RejectedInstance) as caught:
         identify(path)
-    assert caught.value.status == CANNOT_UNDERSTAND
+    assert caught.value.status == Status.CANNOT_UNDERSTAND
     assert "Series Instance UID" in str(caught.value)
 
 

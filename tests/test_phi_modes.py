@@ -12,10 +12,10 @@ import pytest
 from conftest import VALID, StationProcess, storescu, storescu_successes, wait_for
 
 from station.config import FolderDestinationConfig, load_config
+from station.dicom.identify import identify
 from station.dispatch.folder import FolderDestination
 from station.errors import ConfigError
 from station.store.records import Instance
-from station.store.spool import identify
 
 
 @pytest.fixture

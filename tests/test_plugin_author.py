@@ -31,13 +31,13 @@ from test_cli import cli
 from test_routing import received, settled, sop_uid
 
 from station.config import load_config
+from station.dicom.identify import identify
 from station.dispatch.base import build_destination
 from station.errors import ConfigError
 from station.routing import hookspecs
 from station.series import SeriesView
 from station.service import load_setup
 from station.store.records import Instance
-from station.store.spool import identify
 from station.testing import (
     apply_transforms,
     load_plugins,

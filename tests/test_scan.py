@@ -24,9 +24,10 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from station.dicom.files import Header
+from station.dicom.identify import identify, identify_with_pydicom
 from station.dicom.scan import CHARACTER_SETS, LONG_VRS, PIXEL_DATA, SHORT_VRS, scan_header
 from station.errors import RejectedInstance
-from station.store.spool import Header, identify, identify_with_pydicom
 
 CORPUS = sorted(path for path in DATA.rglob("*") if path.is_file())
 

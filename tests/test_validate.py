@@ -15,9 +15,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from station.dicom.files import dataset_start
+from station.dicom.identify import identify
+from station.dicom.status import Status
 from station.dicom.validate import check_structure
 from station.errors import RejectedInstance
-from station.store.spool import CANNOT_UNDERSTAND, identify
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 
@@ -68,7 +69,7 @@ def test_malformed_files_get_their_answer() -> None:
         reason, words = answer
         with pytest.raises(RejectedInstance) as caught:
             identify(MALFORMED / name)
-        assert caught.value.status == CANNOT_UNDERSTAND, name
+        assert caught.value.status == Status.CANNOT_UNDERSTAND, name
         assert (caught.value.reason, words in str(caught.value)) == (reason, True), (
             name,
             str(caught.value),
@@ -95,7 +96,7 @@ def test_every_cut_is_refused(name: str, tmp_path: Path) -> None:
         try:
             check_structure(cut)
         except RejectedInstance as exc:
-            assert exc.status == CANNOT_UNDERSTAND
+            assert exc.status == Status.CANNOT_UNDERSTAND
             assert exc.reason in ("truncated", "malformed", "bad_deflate"), (end, str(exc))
             with pytest.raises(RejectedInstance):
                 identify(cut)  # the receive path refuses it too, fast path or not
@@ -143,7 +144,7 @@ def test_a_deflated_stream_must_inflate_cleanly(tmp_path: Path) -> None:
     }
     for case, (path, words) in cases.items():
         status, reason, message = refusal(path)
-        assert (status, reason) == (CANNOT_UNDERSTAND, "bad_deflate"), case
+        assert (status, reason) == (Status.CANNOT_UNDERSTAND, "bad_deflate"), case
         assert words in message, (case, message)
 
 
@@ -165,7 +166,7 @@ def test_a_deflated_structure_is_walked_too(tmp_path: Path) -> None:
     raw = inflated(deflated(tmp_path))
     cut = raw[: len(raw) - 100]  # a whole stream, the data set inside it cut
     status, reason, message = refusal(deflated(tmp_path, edit=raw_deflate(cut)))
-    assert (status, reason) == (CANNOT_UNDERSTAND, "truncated")
+    assert (status, reason) == (Status.CANNOT_UNDERSTAND, "truncated")
     assert "ends inside element (FFFC,FFFC)" in message, message  # MR_small ends in padding
     assert message.endswith("of the inflated data set"), message
 
@@ -205,7 +206,7 @@ def test_inconsistent_lengths_are_malformed(tmp_path: Path, implicit: bool) -> N
         damaged[offset : offset + size] = value.to_bytes(size, "little")
         path.write_bytes(bytes(damaged))
         status, reason, message = refusal(path)
-        assert (status, reason) == (CANNOT_UNDERSTAND, "malformed"), (case, message)
+        assert (status, reason) == (Status.CANNOT_UNDERSTAND, "malformed"), (case, message)
         assert "runs past the end of" in message, (case, message)
         with pytest.raises(RejectedInstance, match="runs past the end of"):
             identify(path)  # the byte scan's fast path does not let it through
@@ -226,5 +227,5 @@ def test_runaway_nesting_is_refused_without_recursing(tmp_path: Path) -> None:
     path = tmp_path / "deep.dcm"
     ds.save_as(path)
     status, reason, message = refusal(path)
-    assert (status, reason) == (CANNOT_UNDERSTAND, "malformed")
+    assert (status, reason) == (Status.CANNOT_UNDERSTAND, "malformed")
     assert "nested more than 64 deep" in message

@@ -33,9 +33,6 @@ RESPONSE = 0x8000
 NO_DATASET = 0x0101
 HAS_DATASET = 0x0000
 
-SUCCESS = 0x0000
-UNRECOGNIZED_OPERATION = 0x0211
-SOP_CLASS_NOT_SUPPORTED = 0x0122
 VERIFICATION = "1.2.840.10008.1.1"  # the SOP class of C-ECHO
 
 COMMAND_BIT = 0x01
@@ -135,34 +132,6 @@ def response_to(request: Command, status: int, comment: str = "") -> Command:
     if comment:
         rsp["ErrorComment"] = comment[:64]
     return rsp
-
-
-# Warning statuses of C-STORE (PS3.4 B.2.3) and the general 0x0001 (PS3.7 C.3).
-WARNINGS = {
-    0x0001: "warning",
-    0xB000: "coercion of data elements",
-    0xB006: "elements discarded",
-    0xB007: "data set does not match SOP class",
-}
-
-
-def describe_status(code: int, comment: str = "") -> str:
-    """A status as the journal and ``station status`` show it: code, meaning, comment."""
-    name = WARNINGS.get(code) or status_category(code).lower()
-    return f"0x{code:04X} ({name})" + (f": {comment}" if comment else "")
-
-
-def status_category(code: int) -> str:
-    """Success, Warning, Failure, Cancel or Pending (PS3.7 annex C)."""
-    if code == SUCCESS:
-        return "Success"
-    if code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF:
-        return "Warning"
-    if code == 0xFE00:
-        return "Cancel"
-    if code in (0xFF00, 0xFF01):
-        return "Pending"
-    return "Failure"
 
 
 class Channel:

@@ -4,7 +4,9 @@ path writes the envelope in front of the bytes it is sent; the send path skips i
 
 from __future__ import annotations
 
+import re
 import struct
+from dataclasses import dataclass
 from typing import IO
 
 from pydicom.datadict import dictionary_VR, keyword_dict
@@ -29,6 +31,30 @@ ITEM_DELIMITER = 0xFFFEE00D
 SEQUENCE_DELIMITER = 0xFFFEE0DD
 # In implicit VR only the dictionary tells a sequence of defined length from a value.
 SEQUENCES = frozenset(tag for tag in keyword_dict.values() if dictionary_VR(tag) == "SQ")
+
+
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def is_uid(value: object) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters (safe to use as a file name)."""
+    return isinstance(value, str) and len(value) <= 64 and bool(UID_PATTERN.match(value))
+
+
+@dataclass(frozen=True)
+class Header:
+    """The routing-relevant identity of an instance, read without its pixel data."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class: str
+    transfer_syntax: str
+    # An image (it has Rows) whose data set ends before its pixel data: written in part.
+    pixels_missing: bool = False
 
 
 def _element(element: int, vr: bytes, value: bytes) -> bytes:

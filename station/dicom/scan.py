@@ -29,12 +29,15 @@ from station.dicom.files import (
     ITEM_DELIMITER,
     LENGTH,
     LONG_VRS,
+    MEDIA_STORAGE_DIRECTORY,
     PIXEL_DATA,
     ROWS,
     SEQUENCE_DELIMITER,
     SEQUENCES,
+    UNDEFINED_LENGTH,
+    Header,
+    is_uid,
 )
-from station.store.spool import MEDIA_STORAGE_DIRECTORY, UNDEFINED_LENGTH, Header, is_uid
 
 HEAD_BYTES = 16 * 1024  # the whole header of most files, in one read
 WINDOW_BYTES = 4096  # read when an element header lies past what is in memory

@@ -32,9 +32,10 @@ from station.dicom.files import (
     PIXEL_DATA,
     SEQUENCE_DELIMITER,
     SEQUENCES,
+    UNDEFINED_LENGTH,
 )
+from station.dicom.status import Status
 from station.errors import RejectedInstance
-from station.store.spool import CANNOT_UNDERSTAND, UNDEFINED_LENGTH
 
 TRUNCATED = "truncated"  # the data ends inside an element, item or sequence
 MALFORMED = "malformed"  # lengths, items or delimiters that contradict each other
@@ -74,7 +75,7 @@ def _refuse(reason: str, message: str, incomplete: bool = False) -> RejectedInst
     """A refusal; a truncated data set is ``incomplete``: its writer may still be adding to
     it (the drop folder waits for it instead of quarantining it at once)."""
     incomplete = incomplete or reason == TRUNCATED
-    return RejectedInstance(CANNOT_UNDERSTAND, reason, message, incomplete=incomplete)
+    return RejectedInstance(Status.CANNOT_UNDERSTAND, reason, message, incomplete=incomplete)
 
 
 class _File:

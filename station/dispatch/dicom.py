@@ -33,7 +33,7 @@ from pydicom.uid import (
 from pynetdicom.dsutils import encode
 
 from station.config import DicomDestinationConfig
-from station.dicom.dimse import VERIFICATION, status_category
+from station.dicom.dimse import VERIFICATION
 from station.dicom.files import dataset_start
 from station.dicom.scu import (
     AssociationError,
@@ -41,6 +41,7 @@ from station.dicom.scu import (
     ConnectFailed,
     Requestor,
 )
+from station.dicom.status import status_category
 from station.dicom.tls import client_context
 from station.dispatch.base import Prepare, SendResult
 from station.errors import PermanentSendError, TransientSendError

@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from station.config import RetryConfig
-from station.dicom.dimse import describe_status
+from station.dicom.status import describe_status
 from station.dispatch.base import Destination, Prepare
 from station.errors import PermanentSendError, TransientSendError
 from station.ops.logs import series_fields

@@ -15,10 +15,11 @@ import shutil
 from pathlib import Path
 
 from station.config import FolderDestinationConfig
+from station.dicom.files import is_uid
 from station.dispatch.base import Prepare, SendResult
 from station.errors import TransientSendError
 from station.store.records import Instance
-from station.store.spool import fsync_dir, is_uid, make_folder
+from station.store.spool import fsync_dir, make_folder
 
 
 class FolderDestination:

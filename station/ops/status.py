@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from station.dicom.dimse import describe_status
+from station.dicom.status import describe_status
 from station.store.journal import Journal
 from station.store.quarantine import quarantine_items
 

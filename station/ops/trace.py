@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from station.dicom.dimse import describe_status
+from station.dicom.status import describe_status
 from station.store.journal import Journal
 from station.store.records import Batch, Delivery, Event, batch_from_row, delivery_from_row
 

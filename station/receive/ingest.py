@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from station.config import WatchConfig
+from station.dicom.identify import identify
 from station.errors import RejectedInstance
 from station.receive.inputs import (
     COPY_CHUNK,
@@ -29,7 +30,7 @@ from station.receive.inputs import (
 from station.receive.intake import Intake, Origin
 from station.store.quarantine import Quarantine, free_name
 from station.store.records import Dropped
-from station.store.spool import full_disk_reason, identify
+from station.store.spool import full_disk_reason
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from station.dicom.files import Header
 from station.ops.metrics import Metrics
 from station.store.journal import Journal
 from station.store.records import Dropped, Received
-from station.store.spool import Header, Spool
+from station.store.spool import Spool
 
 
 @dataclass(frozen=True)

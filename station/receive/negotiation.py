@@ -16,6 +16,7 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from station.config import ListenConfig
 from station.dicom.dimse import VERIFICATION
+from station.dicom.files import is_uid
 from station.dicom.pdu import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
     ACCEPTED,
@@ -32,7 +33,6 @@ from station.dicom.pdu import (
     Association,
     Rejection,
 )
-from station.store.spool import is_uid
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,6 @@ from station.dicom.dimse import (
     C_ECHO_RQ,
     C_STORE_RQ,
     NO_DATASET,
-    SOP_CLASS_NOT_SUPPORTED,
-    SUCCESS,
-    UNRECOGNIZED_OPERATION,
     Channel,
     Command,
     ConnectionClosed,
@@ -41,6 +38,7 @@ from station.dicom.dimse import (
     response_to,
 )
 from station.dicom.files import file_meta
+from station.dicom.identify import identify
 from station.dicom.pdu import (
     ASSOCIATE_RQ,
     PDU_HEADER,
@@ -58,6 +56,7 @@ from station.dicom.pdu import (
     encode_reject,
 )
 from station.dicom.scu import tcp_nodelay
+from station.dicom.status import Status
 from station.dicom.tls import server_context
 from station.errors import RejectedInstance
 from station.ops.logs import series_fields
@@ -65,7 +64,7 @@ from station.ops.metrics import Metrics
 from station.receive.connections import Connection, Connections
 from station.receive.intake import Intake, Origin
 from station.receive.negotiation import Policy, Refusal
-from station.store.spool import DATASET_MISMATCH, OUT_OF_RESOURCES, full_disk_reason, identify
+from station.store.spool import full_disk_reason
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +270,9 @@ class StoreSCP:
                     continue
                 if command.get("CommandDataSetType", NO_DATASET) != NO_DATASET:
                     channel.receive_dataset(context_id, lambda _piece: None)
-                status = SUCCESS if known else UNRECOGNIZED_OPERATION
+                status = Status.SUCCESS if known else Status.UNRECOGNIZED_OPERATION
                 if mismatch:
-                    status = SOP_CLASS_NOT_SUPPORTED
+                    status = Status.SOP_CLASS_NOT_SUPPORTED
                     self.metrics.instances_rejected.labels("sop_class_mismatch").inc()
                     log.warning(
                         "refused a request from %s (%s): %s", assoc.calling_ae, peer, mismatch
@@ -357,7 +356,7 @@ class StoreSCP:
             channel.send_command(context_id, response_to(command, status, comment))
             return
         status, comment = self._take(incoming, commanded, origin)
-        if status != SUCCESS:
+        if status != Status.SUCCESS:
             self.intake.spool.remove(incoming)
         channel.send_command(context_id, response_to(command, status, comment))
 
@@ -384,7 +383,7 @@ class StoreSCP:
             fields = series_fields(header.study_uid, header.series_uid, calling)
             if commanded and commanded != header.sop_uid:
                 raise RejectedInstance(
-                    DATASET_MISMATCH,
+                    Status.DATASET_MISMATCH,
                     "uid_mismatch",
                     f"data set SOP Instance UID {header.sop_uid} differs from the C-STORE "
                     f"request's {commanded}",
@@ -395,12 +394,12 @@ class StoreSCP:
         except OSError as exc:
             self.metrics.instances_rejected.labels(full_disk_reason(exc)).inc()
             log.error("cannot store instance from %s (%s): %s", calling, peer, exc, extra=fields)
-            return OUT_OF_RESOURCES, f"cannot store: {os.strerror(exc.errno or errno.EIO)}"
+            return Status.OUT_OF_RESOURCES, f"cannot store: {os.strerror(exc.errno or errno.EIO)}"
         except Exception:
             self.metrics.instances_rejected.labels("internal").inc()
             log.exception("failed to store an instance from %s (%s)", calling, peer, extra=fields)
-            return OUT_OF_RESOURCES, "internal error while storing"
-        return SUCCESS, ""
+            return Status.OUT_OF_RESOURCES, "internal error while storing"
+        return Status.SUCCESS, ""
 
 
 class _SpoolFile:

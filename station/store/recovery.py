@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from station.dicom.identify import identify, read_header
 from station.dicom.pdu import IMPLEMENTATION_CLASS_UID
 from station.errors import JournalError, RejectedInstance
 from station.store.journal import Journal, NewerJournal
 from station.store.records import Received
-from station.store.spool import Spool, identify, make_folder, read_header
+from station.store.spool import Spool, make_folder
 
 log = logging.getLogger(__name__)
 

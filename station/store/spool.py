@@ -24,31 +24,17 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import shutil
 import threading
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-
-from station.dicom.files import PIXEL_DATA, ROWS
+from station.dicom.status import Status
 from station.errors import RejectedInstance
 
 log = logging.getLogger(__name__)
 
-UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-UNDEFINED_LENGTH = 0xFFFFFFFF
-DEFER_BYTES = 1024  # values longer than this (pixel data above all) stay on disk unread
-
-# DIMSE statuses the receive path answers with.
-OUT_OF_RESOURCES = 0xA700
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -58,109 +44,10 @@ def full_disk_reason(exc: Exception) -> str:
     full = getattr(exc, "errno", None) in DISK_FULL or "disk is full" in str(exc)
     return "disk_full" if full else "internal"
 
+
 # Free space always kept for the journal, whatever storage.min_free_bytes says: with a
 # disk filled to the last byte, series could no longer be completed or delivered.
 JOURNAL_RESERVE_BYTES = 256 * 1024
-DATASET_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC210
-
-
-def is_uid(value: object) -> bool:
-    """A DICOM UID: digits and dots, at most 64 characters (safe to use as a file name)."""
-    return isinstance(value, str) and len(value) <= 64 and bool(UID_PATTERN.match(value))
-
-
-@dataclass(frozen=True)
-class Header:
-    """The routing-relevant identity of an instance, read without its pixel data."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class: str
-    transfer_syntax: str
-    # An image (it has Rows) whose data set ends before its pixel data: written in part.
-    pixels_missing: bool = False
-
-
-def read_header(path: Path) -> Dataset:
-    """Read a DICOM file's meta and data set up to (not including) the pixel data."""
-    return dcmread(path, stop_before_pixels=True)
-
-
-def identify(path: Path) -> Header:
-    """Read and check the UIDs that decide where an instance goes, and that the data set is
-    complete; raise RejectedInstance. A clean little-endian file is read straight from its
-    bytes (station.dicom.scan, many times faster); pydicom reads and words everything else."""
-    from station.dicom.scan import (
-        scan_header,  # not at the top: station.dicom.scan imports this module
-    )
-
-    return scan_header(path) or identify_with_pydicom(path)
-
-
-def identify_with_pydicom(path: Path) -> Header:
-    """identify() by pydicom: the structure is walked to its end first (station.dicom.validate),
-    then every top-level element is read, but no long value."""
-    from station.dicom.validate import check_structure  # it imports this module
-
-    check_structure(path)
-    try:
-        ds = dcmread(path, defer_size=DEFER_BYTES)
-    except InvalidDicomError as exc:
-        raise RejectedInstance(
-            CANNOT_UNDERSTAND,
-            "not_dicom",
-            "not a DICOM file: no 'DICM' prefix and File Meta Information after the preamble",
-        ) from exc
-    except EOFError as exc:
-        raise RejectedInstance(
-            CANNOT_UNDERSTAND, "malformed", f"data set is truncated: {exc}", incomplete=True
-        ) from exc
-    except Exception as exc:
-        raise RejectedInstance(
-            CANNOT_UNDERSTAND, "malformed", f"cannot parse data set: {type(exc).__name__}: {exc}"
-        ) from exc
-    meta = ds.file_meta
-    if meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
-        raise RejectedInstance(
-            CANNOT_UNDERSTAND, "dicomdir", "a DICOMDIR (media index), not an image"
-        )
-    values: dict[str, str] = {}
-    for label, keyword, source in (
-        ("SOP Instance UID", "SOPInstanceUID", ds),
-        ("SOP Class UID", "SOPClassUID", ds),
-        ("Transfer Syntax UID", "TransferSyntaxUID", meta),
-        ("Study Instance UID", "StudyInstanceUID", ds),
-        ("Series Instance UID", "SeriesInstanceUID", ds),
-    ):
-        try:
-            value = source.get(keyword)
-        except Exception as exc:
-            raise RejectedInstance(
-                CANNOT_UNDERSTAND, "malformed", f"{label} cannot be read: {exc}"
-            ) from exc
-        value = str(value).rstrip("\0 ") if value is not None else None
-        if not value and keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-            # Real-world objects (secondary captures, some exports) lack them; such an
-            # instance forms a series of its own, keyed by its SOP Instance UID. The data
-            # set itself is left as it is.
-            value = values["SOPInstanceUID"]
-        if not value:
-            raise RejectedInstance(CANNOT_UNDERSTAND, "missing_uid", f"{label} is missing")
-        if not is_uid(value):
-            raise RejectedInstance(
-                CANNOT_UNDERSTAND, "invalid_uid", f"{label} {value[:80]!r} is not a valid UID"
-            )
-        values[keyword] = value
-    return Header(
-        study_uid=values["StudyInstanceUID"],
-        series_uid=values["SeriesInstanceUID"],
-        sop_uid=values["SOPInstanceUID"],
-        sop_class=values["SOPClassUID"],
-        transfer_syntax=values["TransferSyntaxUID"],
-        pixels_missing=ROWS in ds and not any(tag in ds for tag in PIXEL_DATA),
-    )
 
 
 FILE_MODE = 0o600  # spooled instances are PHI: owner only, whatever the umask
@@ -275,7 +162,7 @@ class Spool:
         reserve = max(self.min_free_bytes, JOURNAL_RESERVE_BYTES)
         if free - incoming < reserve:
             raise RejectedInstance(
-                OUT_OF_RESOURCES,
+                Status.OUT_OF_RESOURCES,
                 "disk_full",
                 f"only {free} bytes free under {self.root}; storage.min_free_bytes is "
                 f"{self.min_free_bytes} (at least {JOURNAL_RESERVE_BYTES} stay for the journal)",
@@ -290,14 +177,16 @@ class Spool:
             return self.free.take()
         except OSError as exc:
             raise RejectedInstance(
-                OUT_OF_RESOURCES, full_disk_reason(exc), f"cannot create a spool file: {exc}"
+                Status.OUT_OF_RESOURCES, full_disk_reason(exc), f"cannot create a spool file: {exc}"
             ) from exc
 
     def refuse(self, path: Path, exc: Exception, doing: str) -> RejectedInstance:
         """Remove a claimed file that could not be stored (nothing partial stays) and
         return the refusal to answer with: 0xA700 (reason: full_disk_reason)."""
         self.remove(path)
-        return RejectedInstance(OUT_OF_RESOURCES, full_disk_reason(exc), f"cannot {doing}: {exc}")
+        return RejectedInstance(
+            Status.OUT_OF_RESOURCES, full_disk_reason(exc), f"cannot {doing}: {exc}"
+        )
 
     def commit(self, path: Path) -> None:
         """Make a claimed file's content durable (its name already is)."""
