@@ -20,8 +20,8 @@ from station.config import (
     load_config,
 )
 from station.dicom.tls import client_context, server_context
-from station.dispatch.base import Destination, build_destination
-from station.dispatch.dispatcher import Dispatcher
+from station.dispatch.base import Destination
+from station.dispatch.dispatcher import Dispatcher, build_destination
 from station.errors import ConfigError
 from station.ops.metrics import Metrics, MetricsServer
 from station.ops.preflight import bind_problem, storage_problem

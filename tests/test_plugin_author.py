@@ -32,7 +32,7 @@ from test_routing import received, settled, sop_uid
 
 from station.config import load_config
 from station.dicom.identify import identify
-from station.dispatch.base import build_destination
+from station.dispatch.dispatcher import build_destination
 from station.errors import ConfigError
 from station.routing import hookspecs
 from station.series import SeriesView

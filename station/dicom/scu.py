@@ -22,6 +22,7 @@ from station.dicom.dimse import (
     ConnectionClosed,
     PeerAborted,
     PeerReleased,
+    tcp_nodelay,
 )
 from station.dicom.pdu import (
     ABORT,
@@ -55,12 +56,6 @@ class AssociationRejected(AssociationError):
     def __init__(self, rejection: Rejection) -> None:
         super().__init__(f"rejected the association: {rejection}")
         self.rejection = rejection
-
-
-def tcp_nodelay(sock: socket.socket) -> None:
-    """No Nagle delay: each C-STORE would otherwise wait ~44 ms for a delayed ACK."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Requestor:

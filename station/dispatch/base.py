@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 
@@ -37,17 +37,3 @@ class Destination(Protocol):
 
     def send(self, instances: list[Instance], prepare: Prepare) -> SendResult: ...
 
-
-def build_destination(
-    name: str, config: Any, plugin_types: Mapping[str, type], station_ae: str
-) -> Destination:
-    """Construct the destination object for one configured destination."""
-    from station.dispatch.dicom import DicomDestination
-    from station.dispatch.folder import FolderDestination
-
-    if config.type == "dicom":
-        return DicomDestination(name, config, station_ae)
-    if config.type == "folder":
-        return FolderDestination(name, config)
-    made: Destination = plugin_types[config.type](name, config.model_dump())
-    return made

@@ -21,6 +21,8 @@ from pydicom.dataset import Dataset
 from station.config import RetryConfig
 from station.dicom.status import describe_status
 from station.dispatch.base import Destination, Prepare
+from station.dispatch.dicom import DicomDestination
+from station.dispatch.folder import FolderDestination
 from station.errors import PermanentSendError, TransientSendError
 from station.ops.logs import series_fields
 from station.ops.metrics import Metrics
@@ -238,3 +240,15 @@ class Dispatcher:
             return dataset
 
         return prepare
+
+
+def build_destination(
+    name: str, config: Any, plugin_types: Mapping[str, type], station_ae: str
+) -> Destination:
+    """Construct the destination object for one configured destination."""
+    if config.type == "dicom":
+        return DicomDestination(name, config, station_ae)
+    if config.type == "folder":
+        return FolderDestination(name, config)
+    made: Destination = plugin_types[config.type](name, config.model_dump())
+    return made

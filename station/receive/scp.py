@@ -36,6 +36,7 @@ from station.dicom.dimse import (
     PeerAborted,
     PeerReleased,
     response_to,
+    tcp_nodelay,
 )
 from station.dicom.files import file_meta
 from station.dicom.identify import identify
@@ -55,7 +56,6 @@ from station.dicom.pdu import (
     encode_accept,
     encode_reject,
 )
-from station.dicom.scu import tcp_nodelay
 from station.dicom.status import Status
 from station.dicom.tls import server_context
 from station.errors import RejectedInstance

@@ -1,4 +1,5 @@
-"""``station plugins new NAME``: a plugin module and its test, ready to edit and passing.
+"""``station plugins``: the loaded plugins, and ``station plugins new NAME``, which writes
+a plugin module and its test, ready to edit and passing.
 
 The plugin labels series of chosen modalities (an option) and shows every part a real one
 has: options checked in ``station_configure``, a classify hook, its docstring as the place
@@ -12,6 +13,13 @@ import keyword
 import re
 from pathlib import Path
 from string import Template
+from typing import Annotated
+
+import typer
+
+from station.cli.app import ConfigOption, app, config_from, fail
+from station.errors import ConfigError
+from station.service import load_setup
 
 PLUGIN = Template('''\
 """$name: a station plugin. Say here what it does and which options it takes.
@@ -141,3 +149,44 @@ def new_plugin(name: str, folder: Path) -> list[Path]:
         with path.open("x", encoding="utf-8") as out:
             out.write(template.substitute(name=name))
     return list(files)
+
+
+plugins_app = typer.Typer(help="Loaded plugins; `station plugins new NAME` starts one.")
+
+
+app.add_typer(plugins_app, name="plugins")
+
+
+@plugins_app.callback(invoke_without_command=True)
+def plugins(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """List loaded plugins, their hooks and where each came from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        setup = load_setup(config_from(config))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    for info in setup.plugins.describe():
+        typer.echo(f"{info.name}  ({info.origin})")
+        for hook in info.hooks:
+            typer.echo(f"    {hook}")
+    if setup.plugins.transforms:
+        typer.echo(f"transforms: {', '.join(sorted(setup.plugins.transforms))}")
+
+
+@plugins_app.command("new")
+def plugins_new(
+    name: Annotated[str, typer.Argument(help="Plugin name: a Python module name.")],
+    folder: Annotated[
+        Path, typer.Option("--dir", file_okay=False, help="Where to write (default: here).")
+    ] = Path("."),
+) -> None:
+    """Write a plugin module NAME.py and its test test_NAME.py, ready to edit."""
+    try:
+        plugin, test = new_plugin(name, folder)
+    except (ValueError, FileExistsError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"wrote {plugin} and {test}")
+    typer.echo(f"  test it:   python -m pytest {test}")
+    typer.echo(f"  enable it: plugins: [{plugin.resolve()}] in station.yaml")
+    typer.echo("  see it:    station plugins --config station.yaml; station preview FOLDER")
