@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from pathlib import Path
 
 from station.dicom.files import (
@@ -34,17 +33,21 @@ from station.dicom.files import (
     SEQUENCES,
     UNDEFINED_LENGTH,
 )
-from station.dicom.status import Status
+from station.dicom.sources import (
+    BAD_DEFLATE,
+    MALFORMED,
+    TRUNCATED,
+    BadStream,
+    FileBytes,
+    InflatedBytes,
+    Short,
+    Source,
+    refuse,
+)
 from station.errors import RejectedInstance
-
-TRUNCATED = "truncated"  # the data ends inside an element, item or sequence
-MALFORMED = "malformed"  # lengths, items or delimiters that contradict each other
-BAD_DEFLATE = "bad_deflate"  # a deflated data set that does not inflate cleanly
-REASONS = (TRUNCATED, MALFORMED, BAD_DEFLATE)
 
 DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})  # PS3.5 A.5, JPIP
 
-WINDOW = 64 * 1024  # bytes read (or inflated) at a time
 MAX_DEPTH = 64  # sequences nested deeper than this are refused, not recursed into
 MAX_META_VALUE = 1024  # the Transfer Syntax UID is the only meta value read
 
@@ -59,180 +62,34 @@ _LE_LONG = struct.Struct("<I")
 _BE_LONG = struct.Struct(">I")
 
 
-class _Short(Exception):
-    """The data ended before ``need`` more bytes."""
-
-
-class _BadStream(Exception):
-    """zlib refused the deflated stream."""
-
-
 def _tag(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-def _refuse(reason: str, message: str, incomplete: bool = False) -> RejectedInstance:
-    """A refusal; a truncated data set is ``incomplete``: its writer may still be adding to
-    it (the drop folder waits for it instead of quarantining it at once)."""
-    incomplete = incomplete or reason == TRUNCATED
-    return RejectedInstance(Status.CANNOT_UNDERSTAND, reason, message, incomplete=incomplete)
-
-
-class _File:
-    """A file's bytes from ``pos`` to ``size``, read in windows where headers lie."""
-
-    def __init__(self, fd: int, pos: int, size: int) -> None:
-        self.fd = fd
-        self.pos = pos
-        self.size = size
-        self.buf = b""
-        self.base = pos
-
-    def where(self, pos: int) -> str:
-        return f"byte {pos}"
-
-    def peek(self, count: int) -> bytes:
-        if self.pos + count > self.size:
-            raise _Short
-        index = self.pos - self.base
-        if index < 0 or index + count > len(self.buf):
-            self.buf = os.pread(self.fd, max(count, WINDOW), self.pos)
-            self.base, index = self.pos, 0
-            if len(self.buf) < count:
-                raise _Short  # the file shrank under us
-        return self.buf[index : index + count]
-
-    def read(self, count: int) -> bytes:
-        data = self.peek(count)
-        self.pos += count
-        return data
-
-    def skip(self, count: int) -> None:
-        if self.pos + count > self.size:
-            raise _Short
-        self.pos += count
-
-    def at_end(self) -> bool:
-        return self.pos >= self.size
-
-
-class _Inflated:
-    """A deflated data set (raw deflate, PS3.5 A.5) as the stream of its inflated bytes,
-    inflated a window at a time: at most about 2 x WINDOW bytes in memory."""
-
-    def __init__(self, fd: int, start: int, size: int) -> None:
-        self.fd = fd
-        self.offset = start  # of the next compressed byte to read from the file
-        self.size = size
-        self.start = start
-        self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        self.buf = b""
-        self.index = 0
-        self.pos = 0  # in the inflated stream
-        self.crc = 0  # CRC-32 and length of what was inflated: a gzip trailer may follow
-        self.inflated = 0
-
-    def where(self, pos: int) -> str:
-        return f"byte {pos} of the inflated data set"
-
-    def _fill(self, count: int) -> bool:
-        """At least ``count`` inflated bytes ahead in ``buf``; False if the stream ends first."""
-        while len(self.buf) - self.index < count:
-            if self.inflater.eof:
-                return False
-            data = self.inflater.unconsumed_tail
-            if not data:
-                data = os.pread(self.fd, WINDOW, self.offset)
-                if not data:
-                    return False
-                self.offset += len(data)
-            try:
-                out = self.inflater.decompress(data, WINDOW)
-            except zlib.error as exc:
-                raise _BadStream(str(exc)) from exc
-            self.crc = zlib.crc32(out, self.crc)
-            self.inflated += len(out)
-            self.buf = self.buf[self.index :] + out
-            self.index = 0
-        return True
-
-    def peek(self, count: int) -> bytes:
-        if not self._fill(count):
-            raise _Short
-        return self.buf[self.index : self.index + count]
-
-    def read(self, count: int) -> bytes:
-        data = self.peek(count)
-        self.index += count
-        self.pos += count
-        return data
-
-    def skip(self, count: int) -> None:
-        while count:
-            if not self._fill(1):
-                raise _Short
-            step = min(count, len(self.buf) - self.index)
-            self.index += step
-            self.pos += step
-            count -= step
-
-    def at_end(self) -> bool:
-        return not self._fill(1)
-
-    def cut(self) -> RejectedInstance:
-        return _refuse(
-            BAD_DEFLATE,
-            f"deflated data set ({self.size - self.start} bytes from byte {self.start}) is cut "
-            "short: the deflate stream has no end",
-            incomplete=True,  # a writer may still be adding to it
-        )
-
-    def check_end(self) -> None:
-        """The stream must have ended (zlib's end-of-stream marker), followed by nothing
-        but one byte of padding (PS3.5 A.5 pads an odd-length stream with a NUL) or a gzip
-        trailer that matches what was inflated (CRC-32 and length, as in dclunie's
-        image_dfl.dcm: a data set deflated with gzip, its header taken off), and its pad."""
-        compressed = self.size - self.start
-        if not self.inflater.eof:
-            raise self.cut()
-        after = len(self.inflater.unused_data) + self.size - self.offset
-        tail = self.inflater.unused_data + os.pread(self.fd, 10, self.offset)
-        gzip = struct.pack("<II", self.crc, self.inflated & 0xFFFFFFFF)
-        if tail not in (b"", b"\0", gzip, gzip + b"\0"):
-            raise _refuse(
-                BAD_DEFLATE,
-                f"deflated data set ({compressed} bytes from byte {self.start}) has {after} "
-                "bytes after the end of its deflate stream (neither padding nor a gzip trailer)",
-            )
-
-
-_Source = _File | _Inflated
 
 
 class _Walker:
     """One forward pass over a data set; ``element`` is the last element header read, for
     the message when the data ends inside it."""
 
-    def __init__(self, src: _Source) -> None:
+    def __init__(self, src: Source) -> None:
         self.src = src
         self.element: tuple[int, int, int] | None = None  # tag, offset, value length
 
     def refuse(self, pos: int, message: str) -> RejectedInstance:
-        return _refuse(MALFORMED, f"{message} at {self.src.where(pos)}")
+        return refuse(MALFORMED, f"{message} at {self.src.where(pos)}")
 
     def truncated(self) -> RejectedInstance:
         src = self.src
-        if isinstance(src, _Inflated) and not src.inflater.eof:
+        if isinstance(src, InflatedBytes) and not src.inflater.eof:
             return src.cut()  # the data set is cut because the stream is
         if self.element is None:
-            return _refuse(
+            return refuse(
                 TRUNCATED,
                 f"data set is truncated: the data ends inside the header of the element at "
                 f"{src.where(src.pos)}",
             )
         tag, at, length = self.element
         size = "undefined length" if length == UNDEFINED_LENGTH else f"{length} bytes"
-        return _refuse(
+        return refuse(
             TRUNCATED,
             f"data set is truncated: the data ends inside element {_tag(tag)} "
             f"({size}) at {src.where(at)}",
@@ -242,14 +99,14 @@ class _Walker:
         src = self.src
         try:
             if src.at_end():
-                raise _refuse(TRUNCATED, "no data set after the File Meta Information")
+                raise refuse(TRUNCATED, "no data set after the File Meta Information")
             if not big and not implicit:
                 implicit = self.looks_implicit()  # pydicom and DCMTK read such a file too
             self.data_set(None, big, implicit, 0)
-        except _Short:
+        except Short:
             raise self.truncated() from None
-        except _BadStream as exc:
-            raise _refuse(
+        except BadStream as exc:
+            raise refuse(
                 BAD_DEFLATE,
                 f"deflated data set does not inflate near {src.where(src.pos)}: {exc}",
             ) from None
@@ -371,7 +228,7 @@ class _Walker:
             src.skip(length)
 
 
-def _file_meta(src: _File) -> str | None:
+def _file_meta(src: FileBytes) -> str | None:
     """Walk group 0002 (explicit VR little endian, PS3.10 7.1), leaving ``src`` at the data
     set; its Transfer Syntax UID, or None when the file is not one this module answers for
     (no "DICM" prefix, no Transfer Syntax UID)."""
@@ -393,8 +250,8 @@ def _file_meta(src: _File) -> str | None:
                 syntax = src.read(length).decode("latin-1").rstrip("\0 ")
             else:
                 src.skip(length)
-    except _Short:
-        raise _refuse(
+    except Short:
+        raise refuse(
             TRUNCATED, f"File Meta Information is truncated: the data ends at byte {src.size}"
         ) from None
     return syntax or None
@@ -406,16 +263,16 @@ def check_structure(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        meta = _File(fd, 0, size)
+        meta = FileBytes(fd, 0, size)
         syntax = _file_meta(meta)
         if syntax is None:
             return
         if syntax in DEFLATED:
-            inflated = _Inflated(fd, meta.pos, size)
+            inflated = InflatedBytes(fd, meta.pos, size)
             _Walker(inflated).walk(big=False, implicit=False)
             inflated.check_end()
         else:
-            _Walker(_File(fd, meta.pos, size)).walk(
+            _Walker(FileBytes(fd, meta.pos, size)).walk(
                 big=syntax == EXPLICIT_VR_BIG_ENDIAN,
                 implicit=syntax == IMPLICIT_VR_LITTLE_ENDIAN,
             )

@@ -79,9 +79,7 @@ def is_zip_archive(fh: BinaryIO) -> bool:
     contain: a DICOM file (``DICM`` after its 128-byte preamble) is never taken for one."""
     fh.seek(0)
     head = fh.read(132)
-    found = head[128:] != b"DICM" and (
-        head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(fh)
-    )
+    found = head[128:] != b"DICM" and (head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(fh))
     fh.seek(0)
     return found
 

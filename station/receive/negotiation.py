@@ -15,7 +15,7 @@ from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from station.config import ListenConfig
-from station.dicom.dimse import VERIFICATION
+from station.dicom.dimse import VERIFICATION, Command
 from station.dicom.files import is_uid
 from station.dicom.pdu import (
     ABSTRACT_SYNTAX_NOT_SUPPORTED,
@@ -31,6 +31,7 @@ from station.dicom.pdu import (
     TRANSFER_SYNTAXES_NOT_SUPPORTED,
     USER_REJECTED,
     Association,
+    PresentationContext,
     Rejection,
 )
 
@@ -153,3 +154,15 @@ class Policy:
             max_pdu=max_pdu,
             roles=roles,
         )
+
+
+def sop_class_mismatch(command: Command, context: PresentationContext) -> str:
+    """Why a request's Affected SOP Class UID does not fit its presentation context
+    (PS3.7 9.1.1.1.1: refused with 0x0122, SOP class not supported), or ""."""
+    sop_class = command.get("AffectedSOPClassUID")
+    if sop_class is None or sop_class == context.abstract_syntax:
+        return ""
+    return (
+        f"SOP class {sop_class} on presentation context {context.id}, "
+        f"which is for {context.abstract_syntax}"
+    )

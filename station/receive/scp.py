@@ -48,7 +48,6 @@ from station.dicom.pdu import (
     RELEASE_REPLY,
     SOURCE_PROVIDER_PRESENTATION,
     Association,
-    PresentationContext,
     ProtocolError,
     Rejection,
     check_length,
@@ -63,12 +62,10 @@ from station.ops.logs import series_fields
 from station.ops.metrics import Metrics
 from station.receive.connections import Connection, Connections
 from station.receive.intake import Intake, Origin
-from station.receive.negotiation import Policy, Refusal
-from station.store.spool import full_disk_reason
+from station.receive.negotiation import Policy, Refusal, sop_class_mismatch
+from station.store.spool import IncomingFile, full_disk_reason
 
 log = logging.getLogger(__name__)
-
-WRITE_BUFFER = 256 * 1024
 
 
 class StoreSCP:
@@ -262,7 +259,7 @@ class StoreSCP:
                     )
                 operation = command.get("CommandField")
                 known = operation in (C_STORE_RQ, C_ECHO_RQ)
-                mismatch = self._sop_class_mismatch(command, context) if known else ""
+                mismatch = sop_class_mismatch(command, context) if known else ""
                 if operation == C_STORE_RQ and not mismatch:
                     self._store(
                         channel, context_id, context.transfer_syntaxes[0], command, assoc, peer
@@ -299,18 +296,6 @@ class StoreSCP:
                 channel.abort()
                 return
 
-    @staticmethod
-    def _sop_class_mismatch(command: Command, context: PresentationContext) -> str:
-        """Why a request's Affected SOP Class UID does not fit its presentation context
-        (PS3.7 9.1.1.1.1: refused with 0x0122, SOP class not supported), or ""."""
-        sop_class = command.get("AffectedSOPClassUID")
-        if sop_class is None or sop_class == context.abstract_syntax:
-            return ""
-        return (
-            f"SOP class {sop_class} on presentation context {context.id}, "
-            f"which is for {context.abstract_syntax}"
-        )
-
     # --- C-STORE ---------------------------------------------------------------------
 
     def _store(
@@ -333,7 +318,7 @@ class StoreSCP:
             status, comment = self._refused(exc, origin, {"calling_ae": calling})
             channel.send_command(context_id, response_to(command, status, comment))
             return
-        sink = _SpoolFile(incoming)
+        sink = IncomingFile(incoming)
         try:
             sink.write(file_meta(sop_class, commanded, syntax, calling))
             channel.receive_dataset(context_id, sink.write)
@@ -400,33 +385,3 @@ class StoreSCP:
             log.exception("failed to store an instance from %s (%s)", calling, peer, extra=fields)
             return Status.OUT_OF_RESOURCES, "internal error while storing"
         return Status.SUCCESS, ""
-
-
-class _SpoolFile:
-    """Where a C-STORE's data set is written as it arrives. A write that fails (the disk is
-    full) is remembered and the rest of the data set is read and dropped, so the request
-    can still be answered (0xA700) instead of the association being aborted."""
-
-    def __init__(self, path: Path) -> None:
-        self._fh = open(os.open(path, os.O_WRONLY), "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
-        self.error: OSError | None = None
-
-    def write(self, piece: bytes | memoryview) -> None:
-        if self.error is None:
-            try:
-                self._fh.write(piece)
-            except OSError as exc:
-                self.error = exc
-
-    def close(self) -> None:
-        """Flush and close; a failing flush is remembered like a failing write."""
-        try:
-            self._fh.close()
-        except OSError as exc:
-            self.error = self.error or exc
-            self.discard()
-
-    def discard(self) -> None:
-        """Close without caring what is left in the buffer (the file is removed anyway)."""
-        with contextlib.suppress(OSError):
-            self._fh.close()

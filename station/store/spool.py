@@ -50,6 +50,7 @@ def full_disk_reason(exc: Exception) -> str:
 JOURNAL_RESERVE_BYTES = 256 * 1024
 
 
+WRITE_BUFFER = 256 * 1024
 FILE_MODE = 0o600  # spooled instances are PHI: owner only, whatever the umask
 FOLDER_MODE = 0o700
 
@@ -229,3 +230,34 @@ class Spool:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         return removed
+
+
+class IncomingFile:
+    """Where a received data set is written as it arrives (a C-STORE's, behind its File
+    Meta Information). A write that fails (the disk is
+    full) is remembered and the rest of the data set is read and dropped, so the request
+    can still be answered (0xA700) instead of the association being aborted."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(os.open(path, os.O_WRONLY), "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
+        self.error: OSError | None = None
+
+    def write(self, piece: bytes | memoryview) -> None:
+        if self.error is None:
+            try:
+                self._fh.write(piece)
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        """Flush and close; a failing flush is remembered like a failing write."""
+        try:
+            self._fh.close()
+        except OSError as exc:
+            self.error = self.error or exc
+            self.discard()
+
+    def discard(self) -> None:
+        """Close without caring what is left in the buffer (the file is removed anyway)."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
