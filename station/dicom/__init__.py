@@ -1,0 +1,1 @@
+"""Everything about DICOM bytes and the upper layer: PDUs, DIMSE, associations, files, identification, status codes, UID names."""
