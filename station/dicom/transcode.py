@@ -159,6 +159,19 @@ def _little_endian(ds: Dataset) -> None:
     ds.walk(swap)
 
 
+def even_lengths(ds: Dataset) -> Dataset:
+    """Pad binary values of odd length (PS3.5 7.1.1: every value is of even length) with a
+    NUL, as pydicom pads text but writes bytes as they are: DCMTK's storescp aborts the
+    association on an odd-length OB element."""
+
+    def pad(_dataset: Dataset, elem: DataElement) -> None:
+        if isinstance(elem.value, bytes) and len(elem.value) % 2:
+            elem.value += b"\0"
+
+    ds.walk(pad)
+    return ds
+
+
 def _compress(ds: Dataset, target: str) -> None:
     """Encode native pixel data into ``target``. A lossless result is decoded again and
     compared: pydicom 3.0's encoders get some layouts wrong (colour planes stored one after

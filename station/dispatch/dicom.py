@@ -36,7 +36,7 @@ from pydicom.uid import (
 from pynetdicom.dsutils import encode
 
 from station.config import DicomDestinationConfig
-from station.dicom.transcode import SyntaxPolicy, TranscodeError, convert
+from station.dicom.transcode import SyntaxPolicy, TranscodeError, convert, even_lengths
 from station.dicom.uids import uid_name
 from station.dicomfile import dataset_start
 from station.dispatch.base import Prepare, SendResult
@@ -222,10 +222,10 @@ class Payload:
 
 
 def _encoded(ds: Dataset, syntax: str) -> Payload:
-    """A (transformed or converted) data set encoded in ``syntax``; the command carries the
-    UIDs the data set has now."""
+    """A (transformed or converted) data set encoded in ``syntax``, every value of even
+    length; the command carries the UIDs the data set has now."""
     data = encode(
-        ds,
+        even_lengths(ds),
         is_implicit_vr=syntax == ImplicitVRLittleEndian,
         is_little_endian=syntax != ExplicitVRBigEndian,
         deflated=syntax == DeflatedExplicitVRLittleEndian,
