@@ -16,7 +16,11 @@ For each corpus (generated with pydicom into a cache, see corpus.py) it runs:
                    storescu has every instance acknowledged (fsynced and journaled);
 - ``station-send`` its send leg alone: the station restarted on the spool the receive leg
                    filled, from "listening" until the last file is at storescp;
-- ``station-cli``  ``station send`` of the corpus files to storescp (start-up included).
+- ``station-cli``  ``station send`` of the corpus files to storescp (start-up included);
+- ``station-transcode`` as ``station``, the destination asking for JPEG-LS Lossless: every
+                   instance compressed on the way out, decoded again to verify, one at a
+                   time (the corpora are uncompressed: none of the kept codecs writes JPEG
+                   lossless, so this is the compressing direction, the heavier one).
 
 Relay times run from the first byte sent (storescu started) until the last file exists at
 the final storescp. Peak RSS is the relay's (VmHWM; for DCMTK's store-and-forward storescp
@@ -80,6 +84,7 @@ SCENARIOS = (
     "station-recv",
     "station-send",
     "station-cli",
+    "station-transcode",
 )
 BASELINE = "dcmtk-sf"
 MIB = 1024 * 1024
@@ -396,6 +401,15 @@ def run_station_cli(corpus: Corpus, work: Path, procs: Processes, opts: Options)
     return [Outcome(t1 - t0, arrived, cli.max_rss, "station send", {"cpu_s": cli.cpu_s})]
 
 
+def run_station_transcode(
+    corpus: Corpus, work: Path, procs: Processes, opts: Options
+) -> list[Outcome]:
+    extra = json.loads(json.dumps(opts.station_extra))
+    merge(extra, {"destinations": {"pacs": {"transfer_syntaxes": ["JPEGLSLossless"]}}})
+    outcomes = run_station(corpus, work, procs, replace(opts, station_extra=extra))
+    return [replace(o, rss_of="station (to JPEG-LS)") for o in outcomes]
+
+
 RUNNERS: dict[str, tuple[tuple[str, ...], Callable[..., list[Outcome]]]] = {
     "dcmtk": (("dcmtk",), run_dcmtk),
     "dcmtk-sf": (("dcmtk-sf",), run_dcmtk_sf),
@@ -403,6 +417,7 @@ RUNNERS: dict[str, tuple[tuple[str, ...], Callable[..., list[Outcome]]]] = {
     "station": (("station",), run_station),
     "station-legs": (("station-recv", "station-send"), run_station_legs),
     "station-cli": (("station-cli",), run_station_cli),
+    "station-transcode": (("station-transcode",), run_station_transcode),
 }
 
 

@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydicom.uid import AllTransferSyntaxes
 
+from station.dicom.transcode import DEFAULT_PREFERENCES, STORED
+from station.dicom.uids import transfer_syntax_uid
 from station.errors import ConfigError
 
 ENV_PREFIX = "STATION_"
@@ -65,7 +67,15 @@ def _network(value: Any) -> Any:
     return value
 
 
+def _preference(value: Any) -> Any:
+    if isinstance(value, str) and value != STORED:
+        return transfer_syntax_uid(value.strip())
+    return value
+
+
 UID = Annotated[str, BeforeValidator(_uid)]
+# A destination's transfer syntax: UID or pydicom keyword, or "stored" (as received).
+SyntaxPreference = Annotated[str, BeforeValidator(_preference)]
 Network = Annotated[str, BeforeValidator(_network)]
 # Every transfer syntax of the standard (pydicom's table): the station stores the data set
 # as it came and forwards it in the same syntax, so it never needs to understand pixel data.
@@ -215,6 +225,11 @@ class DicomDestinationConfig(Model):
     max_pdu_bytes: int = Field(4_194_304, ge=0)
     tls: DestinationTlsConfig | None = None
     retry: RetryConfig = RetryConfig()
+    # Most preferred first; each instance is offered those it can be sent in (see
+    # station.dicom.transcode) and goes in the first the peer accepts.
+    transfer_syntaxes: tuple[SyntaxPreference, ...] = Field(DEFAULT_PREFERENCES, min_length=1)
+    # Converting into a lossy syntax (JPEG-LS near-lossless, JPEG 2000) needs this.
+    allow_lossy: bool = False
 
 
 def _mode(value: Any) -> Any:

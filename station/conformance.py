@@ -19,7 +19,6 @@ from station.dicom.dimse import VERIFICATION
 from station.dicom.pdu import APPLICATION_CONTEXT, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from station.dicom.status import Status
 from station.dicom.tls import BCP195_CIPHERS, MINIMUM_VERSION
-from station.dispatch.dicom import CONVERTIBLE
 from station.ops.metrics import ASSOCIATION_REJECT_REASONS
 from station.receive.negotiation import accepts_abstract_syntax
 
@@ -161,11 +160,13 @@ def render() -> str:
         "requestor proposed that is in `listen.transfer_syntaxes` (default: every syntax of "
         "the standard, below); a context proposing none of them is refused (result 4, "
         "transfer syntaxes not supported). The data set is stored and forwarded in that "
-        "syntax, byte for byte. The SCU proposes each instance's own syntax and, for "
-        "uncompressed ones ("
-        + ", ".join(sorted(UID(ts).name for ts in CONVERTIBLE))
-        + "), Explicit and Implicit VR Little Endian as well, converting if only those are "
-        "accepted.",
+        "syntax, byte for byte. The SCU proposes, per SOP class, one presentation context "
+        "for each syntax of the destination's `transfer_syntaxes` an instance can be sent "
+        "in (default: its own syntax, then Explicit and Implicit VR Little Endian), and "
+        "sends each instance in the first of them the peer accepted, converted when that "
+        "is not its own: decompressed (JPEG, JPEG-LS, JPEG 2000, RLE), big endian to "
+        "little endian, deflated or inflated, or compressed (RLE Lossless, JPEG-LS, "
+        "JPEG 2000; lossy ones only with `allow_lossy`).",
         "",
         *_table(("Transfer syntax", "UID"), transfer_syntaxes()),
         "",

@@ -17,7 +17,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from station.config import DicomDestinationConfig
 from station.dicom.identify import identify, read_header
+from station.dicom.transcode import SyntaxPolicy, describe_plan
 from station.errors import PluginError, RejectedInstance
 from station.receive.inputs import InputFile
 from station.routing.router import decide
@@ -135,8 +137,19 @@ def route(preview: Preview, setup: Setup, source: str, peer: str) -> None:
                     "changes": transform_diff(summary.paths[0], series, steps, setup)
                     if steps
                     else [],
+                    "syntaxes": _syntax_plans(summary, setup.destinations.get(destination)),
                 }
             )
+
+
+def _syntax_plans(summary: SeriesSummary, config: Any) -> list[str]:
+    """For a DICOM destination, per stored syntax of the series: sent as stored or
+    converted, from its ``transfer_syntaxes`` (what the peer accepts is known only once
+    associated)."""
+    if not isinstance(config, DicomDestinationConfig):
+        return []
+    policy = SyntaxPolicy(config.transfer_syntaxes, config.allow_lossy)
+    return [describe_plan(ts, policy) for ts in sorted(summary.transfer_syntaxes)]
 
 
 def transform_diff(
@@ -236,6 +249,7 @@ def render(preview: Preview) -> str:
             lines.append(f"  -> {d['destination']} (route {via}){steps}")
             for c in d["changes"]:
                 lines.append(f"       {c['tag']} {c['keyword']}: {c['before']!r} -> {c['after']!r}")
+            lines += [f"     {plan}" for plan in d["syntaxes"]]
     if preview.not_dicom:
         lines.append("")
         lines.append(f"{len(preview.not_dicom)} files are not DICOM or cannot be read:")

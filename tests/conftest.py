@@ -84,11 +84,18 @@ class StoreSCP:
     """DCMTK storescp writing every received instance, bit-preserved, into ``folder``."""
 
     def __init__(
-        self, folder: Path, ae_title: str = "PACS", extra: tuple[str, ...] = (), port: int = 0
+        self,
+        folder: Path,
+        ae_title: str = "PACS",
+        extra: tuple[str, ...] = (),
+        port: int = 0,
+        accept: str = "+xa",
     ) -> None:
         self.folder = folder
         self.ae_title = ae_title
         self.extra = extra
+        # Which transfer syntaxes it accepts: +xa all, +x= uncompressed only, +xi implicit only.
+        self.accept = accept
         self.port = port  # 0: one of peers.fixed_ports()
         self.proc: subprocess.Popen[bytes] | None = None
         self.held: socket.socket | None = None
@@ -114,7 +121,7 @@ class StoreSCP:
                     self.ae_title,
                     "-od",
                     str(self.folder),
-                    "+xa",
+                    self.accept,
                     "+B",
                     "-uf",
                     *self.extra,

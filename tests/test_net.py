@@ -3,7 +3,7 @@
 
 Raw sockets play the peers that misbehave: garbage on the port, a C-STORE cut off inside its
 data set, a data set in many small PDUs, a DIMSE command the station does not offer. DCMTK
-and pynetdicom play the well-behaved ones. Raw requests are built with station.net where it
+and pynetdicom play the well-behaved ones. Raw requests are built with station.dicom where it
 has a helper; the P-DATA-TF PDUs, the A-ASSOCIATE-RQ and the DIMSE exchange of the unknown
 command test are made and read by hand (struct), so the tests are not circular.
 """
@@ -181,7 +181,7 @@ def dataset_bytes(path: Path) -> bytes:
     return data[144 + struct.unpack_from("<I", data, 140)[0] :]
 
 
-# --- with station.net ----------------------------------------------------------------
+# --- with station.dicom --------------------------------------------------------------
 
 
 def connect(port: int) -> socket.socket:

@@ -8,9 +8,12 @@ SOP class and transfer syntax, refuses that instance permanently. An association
 rejects is classified by PS3.8 table 9-21: rejected-transient is retried, rejected-permanent
 (such as called AE title not recognized) raises PermanentSendError: asking again will not
 help until someone changes a setting.
-Untransformed instances are sent from their spool file as they are (no decode). For an
-instance in a little endian uncompressed syntax the SCU also offers Explicit and Implicit
-VR Little Endian, and converts only when the peer refuses the original syntax.
+Untransformed instances are sent from their spool file as they are (no decode). Each
+instance's syntaxes come from the destination's ``transfer_syntaxes`` (by default: the one
+it was stored in, then Explicit and Implicit VR Little Endian), one presentation context
+each; it goes in the first of them the peer accepted, converted by station.dicom.transcode
+when that is not the stored one (one instance in memory at a time). When none can be used
+the instance is refused permanently, with the SOP class and syntaxes named.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
 )
 from pynetdicom.dsutils import encode
@@ -43,15 +46,15 @@ from station.dicom.scu import (
 )
 from station.dicom.status import status_category
 from station.dicom.tls import client_context
+from station.dicom.transcode import SyntaxPolicy, TranscodeError, convert, even_lengths
+from station.dicom.uids import uid_name
 from station.dispatch.base import Prepare, SendResult
 from station.errors import PermanentSendError, TransientSendError
 from station.store.records import Instance
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
-# Syntaxes converted between without decoding pixel data (explicit <-> implicit VR,
-# deflated <-> inflated). Big endian is not among them: its pixel words would need swapping.
-CONVERTIBLE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
+DEFAULT_POLICY = SyntaxPolicy()  # stored syntax, else Explicit, else Implicit VR Little Endian
 
 
 @dataclass(frozen=True)
@@ -121,37 +124,32 @@ def echo(peer: Peer) -> None:
         raise PermanentSendError(f"{peer} answered C-ECHO with status 0x{status:04X}")
 
 
-def _proposals(sop_class: str, syntax: str) -> list[tuple[str, list[str]]]:
-    """The presentation contexts to propose for one SOP class and transfer syntax: the
-    original, then (for uncompressed data) the little endian syntaxes to convert to."""
-    contexts: list[tuple[str, list[str]]] = [(sop_class, [syntax])]
-    if syntax in CONVERTIBLE:
-        fallback: list[str] = [
-            ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts != syntax
-        ]
-        contexts.append((sop_class, fallback))
-    return contexts
+def _proposals(sop_class: str, syntax: str, policy: SyntaxPolicy) -> list[tuple[str, str]]:
+    """The presentation contexts (SOP class, one transfer syntax each, so that the peer can
+    accept several) for an instance of ``sop_class`` stored in ``syntax``."""
+    return [(sop_class, ts) for ts in policy.syntaxes(syntax)]
 
 
 def _chunks(
-    instances: list[Instance],
+    instances: list[Instance], policy: SyntaxPolicy
 ) -> Iterator[tuple[list[tuple[str, list[str]]], list[Instance]]]:
     """Split instances so each association needs at most MAX_CONTEXTS contexts."""
-    contexts: list[tuple[str, list[str]]] = []
-    seen: set[tuple[str, str]] = set()
+    contexts: list[tuple[str, str]] = []
     group: list[Instance] = []
     for inst in instances:
-        key = (inst.sop_class, inst.transfer_syntax)
-        if key not in seen:
-            proposals = _proposals(*key)
-            if len(contexts) + len(proposals) > MAX_CONTEXTS:
-                yield contexts, group
-                contexts, group, seen = [], [], set()
-            contexts.extend(proposals)
-            seen.add(key)
+        new = [
+            cx
+            for cx in _proposals(inst.sop_class, inst.transfer_syntax, policy)
+            if cx not in contexts
+        ]
+        if len(contexts) + len(new) > MAX_CONTEXTS:
+            yield [(sop, [ts]) for sop, ts in contexts], group
+            contexts, group = [], []
+            new = _proposals(inst.sop_class, inst.transfer_syntax, policy)
+        contexts.extend(new)
         group.append(inst)
     if group:
-        yield contexts, group
+        yield [(sop, [ts]) for sop, ts in contexts], group
 
 
 class _Lost(Exception):
@@ -162,7 +160,12 @@ class _Lost(Exception):
         self.index = index
 
 
-def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> SendResult:
+def store(
+    peer: Peer,
+    instances: list[Instance],
+    prepare: Prepare = None,
+    policy: SyntaxPolicy = DEFAULT_POLICY,
+) -> SendResult:
     """Send instances over as few associations as their presentation contexts allow.
 
     When the peer aborts (or stops answering) in the middle, sending goes on over a new
@@ -173,12 +176,16 @@ def store(peer: Peer, instances: list[Instance], prepare: Prepare = None) -> Sen
     peer's problem, not the instance's: TransientSendError, the whole batch later.
     """
     result = SendResult()
-    for contexts, group in _chunks(instances):
+    for contexts, group in _chunks(instances, policy):
+        if not contexts:  # nothing these instances could be sent in: no association
+            for inst in group:
+                result.failed[inst.sop_uid] = f"{peer}: {_unsendable(inst, policy, set(), [])}"
+            continue
         pending, aborts = group, dict.fromkeys((inst.sop_uid for inst in group), 0)
         while pending:
             assoc = _associate(peer, contexts)
             try:
-                _store_group(assoc, peer, pending, prepare, result)
+                _store_group(assoc, peer, pending, prepare, policy, result)
             except _Lost as lost:
                 inst = pending[lost.index]
                 aborts[inst.sop_uid] += 1
@@ -216,43 +223,91 @@ class Payload:
 
 
 def _encoded(ds: Dataset, syntax: str) -> Payload:
-    """A (transformed or converted) data set encoded in a little endian ``syntax``; the
-    command carries the UIDs the data set has now."""
+    """A (transformed or converted) data set encoded in ``syntax``, every value of even
+    length; the command carries the UIDs the data set has now."""
     data = encode(
-        ds,
+        even_lengths(ds),
         is_implicit_vr=syntax == ImplicitVRLittleEndian,
-        is_little_endian=True,
+        is_little_endian=syntax != ExplicitVRBigEndian,
         deflated=syntax == DeflatedExplicitVRLittleEndian,
     )
     if data is None:
-        raise PermanentSendError(f"the data set cannot be encoded in {syntax}")
+        raise PermanentSendError(f"the data set cannot be encoded in {uid_name(syntax)}")
     return Payload(str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax, io.BytesIO(data))
 
 
-def _payload(inst: Instance, prepare: Prepare, syntaxes: set[str]) -> Payload:
-    """The spool file as it is whenever possible; a re-encoding when transformed or when it
-    must be converted to an accepted little endian syntax. Raises PermanentSendError when
-    the peer accepted no syntax this instance can go in."""
-    if inst.transfer_syntax in syntaxes:
-        if prepare is not None:
-            return _encoded(prepare(inst), inst.transfer_syntax)
-        try:
-            fh = open(inst.path, "rb")  # noqa: SIM115 -- closed by the caller
-        except FileNotFoundError as exc:
-            raise PermanentSendError(f"spool file {inst.path} is missing") from exc
-        try:
-            dataset_start(fh)
-        except (ValueError, struct.error) as exc:
-            fh.close()
-            raise PermanentSendError(f"spool file {inst.path} is not a DICOM file: {exc}") from exc
-        return Payload(inst.sop_class, inst.sop_uid, inst.transfer_syntax, fh)
-    usable = [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts in syntaxes]
-    if inst.transfer_syntax in CONVERTIBLE and usable:
-        return _encoded(prepare(inst) if prepare is not None else dcmread(inst.path), usable[0])
-    raise PermanentSendError(
-        f"no presentation context accepted for SOP class {inst.sop_class} "
-        f"with transfer syntax {inst.transfer_syntax}"
+def _spooled(inst: Instance) -> Payload:
+    """The spool file as it is, from the start of its data set."""
+    try:
+        fh = open(inst.path, "rb")  # noqa: SIM115 -- closed by the caller
+    except FileNotFoundError as exc:
+        raise PermanentSendError(f"spool file {inst.path} is missing") from exc
+    try:
+        dataset_start(fh)
+    except (ValueError, struct.error) as exc:
+        fh.close()
+        raise PermanentSendError(f"spool file {inst.path} is not a DICOM file: {exc}") from exc
+    return Payload(inst.sop_class, inst.sop_uid, inst.transfer_syntax, fh)
+
+
+def _read(inst: Instance) -> Dataset:
+    try:
+        return dcmread(inst.path)
+    except FileNotFoundError as exc:
+        raise PermanentSendError(f"spool file {inst.path} is missing") from exc
+
+
+def _unsendable(
+    inst: Instance, policy: SyntaxPolicy, accepted: set[str], problems: list[str]
+) -> str:
+    """Why an instance cannot be sent over an association that accepted ``accepted`` for
+    its SOP class, in words, syntaxes and SOP class named."""
+    what = f"{uid_name(inst.sop_class)} stored in {uid_name(inst.transfer_syntax)}"
+    if problems:
+        return f"{what}: " + "; ".join(problems)
+    offered = policy.syntaxes(inst.transfer_syntax)
+    if not offered:
+        return f"{what}: none of the destination's transfer_syntaxes can be used: " + "; ".join(
+            policy.excluded(inst.transfer_syntax)
+        )
+    if accepted:
+        refused = [
+            f"not {uid_name(ts)}: {policy.refusal(inst.transfer_syntax, ts) or 'not listed'}"
+            for ts in sorted(accepted)
+        ]
+        return f"{what}: the peer accepts this SOP class only in other syntaxes: " + "; ".join(
+            refused
+        )
+    return f"{what}: no presentation context accepted for it in " + ", ".join(
+        uid_name(ts) for ts in offered
     )
+
+
+def _payload(inst: Instance, prepare: Prepare, accepted: set[str], policy: SyntaxPolicy) -> Payload:
+    """The spool file as it is whenever possible; a re-encoding when transformed or when it
+    must be converted to an accepted syntax (tried in the destination's order, the next one
+    when a conversion fails). Raises PermanentSendError when it can go in none."""
+    problems: list[str] = []
+    for target in policy.syntaxes(inst.transfer_syntax):
+        if target not in accepted:
+            continue
+        if target == inst.transfer_syntax and prepare is None:
+            return _spooled(inst)
+        ds = prepare(inst) if prepare is not None else _read(inst)
+        try:
+            converted = convert(ds, inst.transfer_syntax, target, policy)
+        except TranscodeError as exc:
+            problems.append(str(exc))
+            continue
+        if target != inst.transfer_syntax:
+            log.debug(
+                "%s converted from %s to %s",
+                inst.sop_uid,
+                uid_name(inst.transfer_syntax),
+                uid_name(target),
+            )
+        return _encoded(converted, target)
+    raise PermanentSendError(_unsendable(inst, policy, accepted, problems))
 
 
 def _remaining(fh: IO[bytes]) -> int:
@@ -263,12 +318,17 @@ def _remaining(fh: IO[bytes]) -> int:
 
 
 def _store_group(
-    assoc: Requestor, peer: Peer, group: list[Instance], prepare: Prepare, result: SendResult
+    assoc: Requestor,
+    peer: Peer,
+    group: list[Instance],
+    prepare: Prepare,
+    policy: SyntaxPolicy,
+    result: SendResult,
 ) -> None:
     accepted = assoc.accepted()
     for index, inst in enumerate(group):
         try:
-            payload = _payload(inst, prepare, accepted.get(inst.sop_class, set()))
+            payload = _payload(inst, prepare, accepted.get(inst.sop_class, set()), policy)
         except PermanentSendError as exc:
             result.failed[inst.sop_uid] = f"{peer}: {exc}"
             continue
@@ -278,8 +338,9 @@ def _store_group(
         with payload.data as data:
             if payload.syntax not in accepted.get(payload.sop_class, set()):
                 result.failed[inst.sop_uid] = (
-                    f"{peer}: no presentation context for SOP class {payload.sop_class} "
-                    f"(changed by a transform from {inst.sop_class})"
+                    f"{peer}: no presentation context for {uid_name(payload.sop_class)} in "
+                    f"{uid_name(payload.syntax)} (SOP class changed by a transform from "
+                    f"{uid_name(inst.sop_class)})"
                 )
                 continue
             try:
@@ -309,6 +370,7 @@ class DicomDestination:
     def __init__(self, name: str, config: DicomDestinationConfig, station_ae: str) -> None:
         self.name = name
         self.peer = Peer.configured(config, config.calling_ae_title or station_ae)
+        self.policy = SyntaxPolicy(config.transfer_syntaxes, config.allow_lossy)
 
     def send(self, instances: list[Instance], prepare: Prepare) -> SendResult:
-        return store(self.peer, instances, prepare)
+        return store(self.peer, instances, prepare, self.policy)
