@@ -281,7 +281,9 @@ class FolderDestinationConfig(Model):
     type: Literal["folder"] = Field(description="`folder`")
     path: Path = Field(description="the folder written into")
     retry: RetryConfig = Field(RetryConfig(), description="retries of transient failures")
-    file_mode: Mode = Field(0o600, description='an octal string such as "0640"; files written')
+    file_mode: Mode = Field(
+        0o600, description='the mode of files written, an octal string such as `"0640"`'
+    )
     folder_mode: Mode = Field(0o700, description="the same, for folders created")
 
 
@@ -315,8 +317,8 @@ class MetricsConfig(Model):
 
 
 class StationConfig(BaseSettings):
-    """The whole file; ``STATION_*`` environment variables override its keys
-    (``STATION_LISTEN__PORT`` is ``listen.port``; station.config.load reads them)."""
+    """The whole file. `STATION_*` environment variables override its keys (read by
+    station/config/load.py)."""
 
     model_config = SettingsConfigDict(
         extra="forbid",
