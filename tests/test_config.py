@@ -287,9 +287,41 @@ def test_environment_overrides_without_a_file(tmp_path: Path) -> None:
 
 
 def test_environment_variables_that_name_no_key_are_not_overrides() -> None:
-    """STATION_TEST_DATA (the test suite's own) and the like must not break the station."""
-    config = load_config(None, environ={"STATION_TEST_DATA": "/somewhere"})
+    """STATION_TEST_DATA (the test suite's own) and the like must not break the station;
+    ``source`` (the file the config came from) is no setting."""
+    environ = {"STATION_TEST_DATA": "/somewhere", "STATION_SOURCE": "/etc/other.yaml"}
+    config = load_config(None, environ=environ)
     assert config == load_config(None, environ=NO_ENV)
+
+
+def test_a_plugin_option_set_by_its_own_variable_is_read_as_yaml() -> None:
+    """Plugin options have no type to read a value by: as in the file, YAML decides."""
+    environ = {
+        "STATION_PLUGIN_OPTIONS__TAGGER__MODALITIES": "[CT, MR]",
+        "STATION_PLUGIN_OPTIONS__TAGGER__THRESHOLD": "3",
+        "STATION_PLUGIN_OPTIONS__TAGGER__NAME": "site A",
+    }
+    config = load_config(None, environ=environ)
+    assert config.plugin_options["tagger"] == {
+        "modalities": ["CT", "MR"],
+        "threshold": 3,
+        "name": "site A",
+    }
+
+
+def test_lists_and_sections_in_the_environment_are_read_as_yaml(tmp_path: Path) -> None:
+    environ = {
+        "STATION_PLUGINS": "[tagger, other.module]",
+        "STATION_LISTEN": "{host: 127.0.0.1, port: 104}",
+        "STATION_LISTEN__PORT": "105",  # the deeper variable wins within the section
+        "STATION_DESTINATIONS__PACS": "{type: dicom, host: pacs, port: 104, ae_title: PACS}",
+        "STATION_ROUTES": "null",
+    }
+    config = load_config(write(tmp_path / "station.yaml", "routes: routes\n"), environ=environ)
+    assert config.plugins == ("tagger", "other.module")
+    assert (config.listen.host, config.listen.port) == ("127.0.0.1", 105)
+    assert isinstance(config.destinations["pacs"], DicomDestinationConfig)
+    assert config.routes is None
 
 
 def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:

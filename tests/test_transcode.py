@@ -27,9 +27,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from station.config import ConfigError, load_config
+from station.config import load_config
 from station.dicom.transcode import SyntaxPolicy, TranscodeError, convert, describe_plan
 from station.dicom.uids import uid_name
+from station.errors import ConfigError
 
 UNCOMPRESSED = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 

@@ -137,7 +137,7 @@ class SyntaxPolicy:
     def excluded(self, stored: str) -> list[str]:
         """Why each preference other than ``stored`` is out of reach for such an instance."""
         return [
-            f"not {why}"
+            why
             for syntax in self.preferences
             if syntax != STORED and (why := self.refusal(stored, syntax)) is not None
         ]

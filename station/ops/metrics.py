@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from station import __version__
 
@@ -229,36 +231,38 @@ class Metrics:
             self.dead_letter_series.labels(name).set(0)
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def _answer(start_response: StartResponse, code: int, body: bytes, ctype: str) -> list[bytes]:
+    headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
+    start_response(f"{code} {HTTPStatus(code).phrase}", headers)
+    return [body]
+
+
 class MetricsServer:
-    """Serves /metrics (Prometheus text format) and /healthz (JSON) on its own thread."""
+    """Serves /metrics through prometheus-client's own exposition (text or OpenMetrics, gzip
+    when asked) and /healthz (JSON; 503 while not healthy) on a thread of its own."""
 
     def __init__(
         self, metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, object]]
     ) -> None:
-        registry = metrics.registry
+        exposition = make_wsgi_app(metrics.registry)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif path == "/healthz":
-                    state = health()
-                    code = 200 if state.get("ok") else 503
-                    body, ctype = json.dumps(state).encode(), "application/json"
-                else:
-                    body, ctype, code = b"see /metrics and /healthz\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                body: Iterable[bytes] = exposition(environ, start_response)
+                return body
+            if path == "/healthz":
+                state = health()
+                code = 200 if state.get("ok") else 503
+                return _answer(start_response, code, json.dumps(state).encode(), "application/json")
+            return _answer(start_response, 404, b"see /metrics and /healthz\n", "text/plain")
 
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = make_server(host, port, app, ThreadingWSGIServer, _Quiet)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
