@@ -310,7 +310,7 @@ def test_watchdog_pings_stop_while_series_assembly_is_stuck(tmp_path, notify):
     plugin.write_text(
         "import pathlib\n"
         "import time\n\n"
-        "from station.routing.hookspecs import hookimpl\n\n\n"
+        "from station import hookimpl\n\n\n"
         "@hookimpl\n"
         "def station_classify_series(series):\n"
         f"    for _ in range(1200):  # until {release.name} exists, 60 s at most\n"
