@@ -278,6 +278,13 @@ class StationConfig(Model):
     blocked_plugins: tuple[str, ...] = ()
     plugin_options: dict[str, dict[str, Any]] = {}
     plugin_timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, gt=0, le=3600)
+    routing_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="series decided at the same time (their hooks run on these workers): "
+        "a slow plugin holds up one worker, the others route other series",
+    )
     routes: Path | None = None
     destinations: dict[str, DestinationConfig] = {}
     metrics: MetricsConfig = MetricsConfig()
