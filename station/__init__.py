@@ -1,6 +1,16 @@
-"""station: a DICOM data-transfer station."""
+"""station: a DICOM data-transfer station.
+
+``hookimpl`` marks a plugin's hook implementations (``from station import hookimpl``);
+``hookspec`` marks the specifications, which are in ``station.routing.hookspecs``.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+import pluggy
+
+PROJECT = "station"
+hookimpl = pluggy.HookimplMarker(PROJECT)
+hookspec = pluggy.HookspecMarker(PROJECT)
 
 try:
     __version__ = version("dicom-station")

@@ -80,7 +80,8 @@ class SeriesView:
 
 
 class Assembler:
-    """Closes batches whose quiet period (or maximum wait) is over and hands them on."""
+    """Closes batches whose quiet period (or maximum wait) is over and hands them on
+    (``on_complete``, to the routing workers), never deciding one itself."""
 
     def __init__(
         self,
@@ -106,8 +107,8 @@ class Assembler:
         self._thread.start()
 
     def idle_for(self) -> float:
-        """Seconds since the loop last began a pass (for the watchdog: a hook or a journal
-        write that hangs stops it turning)."""
+        """Seconds since the loop last began a pass (for the watchdog: a journal write that
+        hangs stops it turning; hooks run on the routing workers, not here)."""
         return time.monotonic() - self._turned
 
     def stop(self) -> None:

@@ -1,4 +1,5 @@
-"""Wires the stages: SCP -> spool + journal -> assembler -> router -> dispatcher; metrics."""
+"""Wires the stages: SCP -> spool + journal -> assembler -> routing workers (hooks, routes)
+-> dispatcher; metrics."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from station.receive.scp import StoreSCP
 from station.routing.plugins import Plugins
 from station.routing.router import Router
 from station.routing.routes import Route, check_references, load_routes
+from station.routing.workers import RoutingWorkers
 from station.series import Assembler
 from station.store.lock import StorageLock
 from station.store.recovery import open_journal, rebuild, untrusted
@@ -45,6 +47,7 @@ RETENTION_CHECK_SECONDS = 60.0
 # SIGTERM: Station.stop() returns within this; TimeoutStopSec= of systemd/station.service
 # must be longer (tests/test_service_ops.py checks it).
 STOP_SECONDS = 45.0
+ROUTING_STOP_SECONDS = 10.0
 SCP_DRAIN_SECONDS = 20.0
 DROP_FOLDER_STOP_SECONDS = 10.0
 
@@ -116,16 +119,24 @@ class Station:
     """One running station. ``start()`` then ``stop()``; everything else is owned here."""
 
     def __init__(
-        self, config: StationConfig, plugins: Plugins | None = None, recover: bool = False
+        self,
+        config: StationConfig,
+        plugins: Plugins | None = None,
+        recover: bool = False,
+        trace_hooks: Callable[[str], None] | None = None,
     ) -> None:
         """Load everything, take the storage's lock (StorageInUse when another station
         has it) and open the journal, checked (JournalError when it cannot be trusted;
-        with ``recover`` it is first rebuilt from the spool in that case)."""
+        with ``recover`` it is first rebuilt from the spool in that case). ``trace_hooks``
+        receives pluggy's trace of every hook call (``station run --trace-hooks``)."""
         self.config = config
         self.metrics = Metrics()
+        self.trace_hooks = trace_hooks
         setup = load_setup(config, plugins, self.metrics)
         self.plugins = setup.plugins
         self.plugins.metrics = self.metrics
+        if trace_hooks:
+            self.plugins.trace(trace_hooks)
         self.routes = setup.routes
         storage = config.storage.path
         problem = storage_problem(storage)
@@ -165,11 +176,12 @@ class Station:
         self.dispatcher = Dispatcher(
             self.journal, self.destinations, retries, self.plugins, self.metrics
         )
+        self.routing = RoutingWorkers(config.routing_workers, self._complete)
         self.assembler = Assembler(
             self.journal,
             config.series.quiet_seconds,
             config.series.max_wait_seconds,
-            self._complete,
+            self.routing.submit,
             on_closed=self.metrics.series_completed.inc,
         )
         intake = Intake(self.spool, self.journal, self.metrics)
@@ -190,8 +202,9 @@ class Station:
         self.started = False
 
     def _complete(self, batch_id: int) -> None:
+        """Route a complete batch (on a routing worker) and wake its destinations."""
         decision = self.router.route(batch_id)
-        for destination, _routes, _steps in decision.deliveries:
+        for destination, _routes, _steps in decision.deliveries if decision else ():
             self.dispatcher.wake(destination)
 
     def reload(self) -> bool:
@@ -213,6 +226,8 @@ class Station:
             log.warning(
                 "reload: %s changed; that takes effect at the next restart", ", ".join(restart)
             )
+        if self.trace_hooks:
+            setup.plugins.trace(self.trace_hooks)
         self.plugins = setup.plugins
         self.routes = setup.routes
         self.router.use(setup.plugins, setup.routes)
@@ -246,6 +261,7 @@ class Station:
         if self.http:
             self.http.start()
         self.dispatcher.start()
+        self.routing.start()
         self.assembler.start()
         if self.config.watch:
             self.drop_folders.start()
@@ -254,32 +270,40 @@ class Station:
 
     def stop(self) -> None:
         """SIGTERM: take no new files or associations, let the associations in progress
-        finish (SCP_DRAIN_SECONDS at most), route the batches that are complete and let each
-        destination finish the batch it is sending. Whatever is left stays in the journal
-        and continues at the next start. Returns within STOP_SECONDS."""
+        finish (SCP_DRAIN_SECONDS at most), let each routing worker finish the batch it is
+        deciding (ROUTING_STOP_SECONDS at most) and each destination the batch it is
+        sending. Whatever is left stays in the journal and continues at the next start.
+        Returns within STOP_SECONDS."""
         deadline = time.monotonic() + STOP_SECONDS
         self._stop.set()
         if self.config.watch:
             self.drop_folders.stop(DROP_FOLDER_STOP_SECONDS)
         self.scp.stop(SCP_DRAIN_SECONDS)
         self.assembler.stop()
+        routing = self.routing.stop(ROUTING_STOP_SECONDS)
         sending = self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
         if self._housekeeper.is_alive():
             self._housekeeper.join(HOUSEKEEPING_SECONDS)
         if self.http:
             self.http.stop()
+        if routing:  # their batches stay complete: routed again next time
+            log.warning("stopping while %s still wait for a hook", ", ".join(routing))
         if sending:  # their deliveries stay pending: sent again (at least once) next time
             log.warning("stopping while still sending to %s", ", ".join(sending))
-            return  # the lock goes with the process, once those sends are cut off
+        if routing or sending:
+            return  # the lock goes with the process, once those threads are cut off
         self.journal.close()
         self.lock.release()
 
     def stalled(self, max_age: float) -> str | None:
         """What has stopped working, for the systemd watchdog: series assembly not turning
-        for ``max_age`` seconds, or a dispatch worker that ended; None when all is well."""
+        for ``max_age`` seconds, or a routing or dispatch worker that ended; None when all
+        is well."""
         idle = self.assembler.idle_for()
         if idle > max_age:
             return f"series assembly has not turned for {idle:.0f} s"
+        if ended := self.routing.ended():
+            return f"routing worker ended: {', '.join(ended)}"
         ended = self.dispatcher.ended_workers()
         if ended:
             return f"dispatch worker ended: {', '.join(ended)}"

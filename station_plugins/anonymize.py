@@ -99,7 +99,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 from station_plugins.uid_remap import PROFILE_EDITION, check_root, element_vr, remap_uids
 
 if TYPE_CHECKING:

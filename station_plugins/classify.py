@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 from station.routing.routes import Route
 
 if TYPE_CHECKING:

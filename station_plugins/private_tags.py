@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 
 if TYPE_CHECKING:
     from station.series import SeriesView

@@ -18,7 +18,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 
 
 def _tag(keyword: str) -> int:

@@ -51,7 +51,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 
 if TYPE_CHECKING:
     from station.series import SeriesView

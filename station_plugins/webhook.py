@@ -48,7 +48,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 
 if TYPE_CHECKING:
     from station.series import SeriesView

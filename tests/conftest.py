@@ -172,10 +172,11 @@ METRICS = re.compile(r"metrics on http://[\d.]+:(\d+)/")
 
 
 class StationProcess:
-    """`station run --config` as a subprocess, on ports it picks itself (port 0)."""
+    """`station run --config` (and ``args``) as a subprocess, on ports it picks itself."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = args
         self.config = {
             "listen": {"host": "127.0.0.1", "port": 0},
             "metrics": {"host": "127.0.0.1", "port": 0},
@@ -196,7 +197,15 @@ class StationProcess:
         self._log_start = len(self.log())
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "station", "run", "--config", str(self.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "station",
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                    *self.args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,

@@ -39,7 +39,7 @@ SLOW_PLUGIN = '''
 import random
 import time
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 
 
 @hookimpl

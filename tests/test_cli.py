@@ -343,7 +343,7 @@ def test_plugins_lists_bundled_and_configured_plugins(tmp_path: Path) -> None:
     plugin = write(
         tmp_path / "plugins" / "tagger.py",
         """
-        from station.routing.hookspecs import hookimpl
+        from station import hookimpl
 
         @hookimpl
         def station_classify_series(series):

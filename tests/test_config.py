@@ -552,7 +552,7 @@ def test_plugin_problems_are_config_errors(tmp_path: Path) -> None:
     typo = write(
         tmp_path / "plugins" / "typo.py",
         """
-        from station.routing.hookspecs import hookimpl
+        from station import hookimpl
 
         @hookimpl
         def station_filter_serie(series):
@@ -574,7 +574,7 @@ def test_plugin_problems_are_config_errors(tmp_path: Path) -> None:
 def test_plugin_options_reach_the_plugin_and_wrong_ones_are_config_errors(tmp_path: Path) -> None:
     plugin = tmp_path / "opts.py"
     plugin.write_text(
-        "from station.routing.hookspecs import hookimpl\n"
+        "from station import hookimpl\n"
         "SEEN = []\n"
         "@hookimpl\n"
         "def station_configure(options):\n"

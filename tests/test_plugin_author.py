@@ -386,7 +386,7 @@ def test_plugins_without_a_subcommand_still_lists_them(
 HANG = """\
 import time
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 
 
 @hookimpl

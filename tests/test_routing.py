@@ -28,9 +28,9 @@ from conftest import (
 )
 from typer.testing import CliRunner
 
+from station import hookimpl
 from station.cli import app
 from station.errors import PluginError
-from station.routing.hookspecs import hookimpl
 from station.routing.plugins import Plugins
 from station.routing.router import decide
 from station.routing.routes import Route
@@ -50,7 +50,7 @@ def write_plugin(folder: Path, name: str, body: str) -> Path:
     """A plugin module ``name.py`` in ``folder`` (the hookimpl import is added)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.py"
-    path.write_text("from station.routing.hookspecs import hookimpl\n\n" + textwrap.dedent(body))
+    path.write_text("from station import hookimpl\n\n" + textwrap.dedent(body))
     return path
 
 

@@ -31,7 +31,7 @@ CT = dcmread(VALID / "CT_small.dcm", stop_before_pixels=True)
 SERIES, STUDY, SOP = str(CT.SeriesInstanceUID), str(CT.StudyInstanceUID), str(CT.SOPInstanceUID)
 PATIENT = str(CT.PatientName)
 CLASSIFY = """\
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 
 
 @hookimpl

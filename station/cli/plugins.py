@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from station.routing.hookspecs import hookimpl
+from station import hookimpl
 from station.series import SeriesView
 
 DEFAULTS: dict[str, Any] = {"modalities": ["MR"]}

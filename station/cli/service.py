@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +52,15 @@ def run(
             "spooled data, rebuild it from the spool first, as `station recover` does.",
         ),
     ] = False,
+    trace_hooks: Annotated[
+        bool,
+        typer.Option(
+            "--trace-hooks",
+            help="Log every plugin hook call, with its arguments and result (pluggy's "
+            "tracing), as DEBUG records of the logger station.hooks, shown whatever "
+            "--log-level says (on standard error, or as JSON with --log-format json).",
+        ),
+    ] = False,
 ) -> None:
     """Run the service: DICOM SCP, series assembly, routing, dispatch and /metrics.
 
@@ -66,7 +76,7 @@ def run(
     settings = config_from(config)
     notifier = Notifier()
     try:
-        station = Station(settings, recover=recover)
+        station = Station(settings, recover=recover, trace_hooks=_hook_tracer(trace_hooks))
         station.start()
     except (ConfigError, JournalError, StorageInUse) as exc:
         raise fail(str(exc)) from None
@@ -100,6 +110,15 @@ def run(
     notifier.stopping("stopping: finishing associations in progress")
     station.stop()
     say("stopped")
+
+
+def _hook_tracer(enabled: bool) -> Callable[[str], None] | None:
+    """What ``--trace-hooks`` hands pluggy's trace lines to."""
+    if not enabled:
+        return None
+    hooks = logging.getLogger("station.hooks")
+    hooks.setLevel(logging.DEBUG)
+    return lambda text: hooks.debug("%s", text.rstrip())
 
 
 @app.command()

@@ -366,6 +366,13 @@ class StationConfig(BaseSettings):
         description="time limit of each plugin hook call; a series whose hook overruns it "
         "goes to quarantine",
     )
+    routing_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="series decided at the same time (their hooks run on these workers): "
+        "a slow plugin holds up one worker, the others route other series",
+    )
     routes: Path | None = Field(
         None,
         description="a folder of `*.yaml` route files (read in name order) or one file; none: "

@@ -2,9 +2,11 @@
 
 A plugin is a module (or object) with functions decorated with ``station.hookimpl`` and
 named like the hooks below. Per-series hooks are called once per completed series batch,
-each implementation on its own: one plugin raising, timing out or returning the wrong type
-sends that series to quarantine (with plugin, hook and error recorded) and never affects
-another series. Registration order means nothing; order that matters lives in route files.
+through pluggy: implementations run in pluggy's order (the last registered first, unless
+``tryfirst``/``trylast`` say otherwise) and hook wrappers (``wrapper=True``,
+``hookwrapper=True``) see every result. One plugin raising, timing out or returning the
+wrong type sends that series to quarantine (with plugin, hook and error recorded) and never
+affects another series. Order that matters to routing lives in route files.
 """
 
 from __future__ import annotations
@@ -12,16 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pluggy
+from station import hookimpl as hookimpl  # the same marker, for plugins written before
+from station import hookspec
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from station.series import SeriesView
 
-PROJECT = "station"
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
 
 Transform = Callable[["Dataset", "SeriesView", dict[str, Any]], None]
 

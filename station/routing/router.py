@@ -2,7 +2,10 @@
 
 Order: filter hooks (any ``False`` drops), classify hooks (labels), route files in order
 (``final`` stops), route hooks (extra destinations). Each decision is journaled with the
-deliveries it creates in one transaction. A plugin failure quarantines this batch only.
+deliveries it creates in one transaction, after its hooks have returned: a batch is marked
+routed only then, so one left complete by a crash is routed again at the next start. A
+plugin failure quarantines this batch only. ``Router.route`` is called by the routing
+workers (``station.routing.workers``), several batches at a time.
 """
 
 from __future__ import annotations
@@ -121,8 +124,12 @@ class Router:
         the pair it started with)."""
         self._rules = (plugins, routes)
 
-    def route(self, batch_id: int) -> Decision:
+    def route(self, batch_id: int) -> Decision | None:
+        """Decide for a complete batch and journal it; None when the batch is no longer
+        complete (decided meanwhile: the assembler hands a batch on until it is)."""
         batch = self.journal.batch(batch_id)
+        if batch.state != "complete":
+            return None
         paths = [i.path for i in self.journal.instances(batch_id)]
         sender = batch.calling_ae or batch.source
         context = f"study {batch.study_uid} series {batch.series_uid} from {sender} ({batch.peer})"
