@@ -53,14 +53,14 @@ def _report() -> None:
 def timing() -> None:
     from station.dispatch import dicom, dispatcher
     from station.receive import intake, scp
-    from station.store.journal import Journal
+    from station.store.journal.sqlite import SQLiteJournal
     from station.store.spool import Spool
 
     _timed(scp.StoreSCP, "_take", "receive: C-STORE handler after the data set is in")
     _timed(scp, "identify", "receive: identify (parse the file)")
     _timed(intake.Intake, "take", "receive: intake (spool + journal + metrics)")
     _timed(Spool, "commit", "receive: spool commit (fdatasync)")
-    _timed(Journal, "record_instance", "receive: journal record_instance (commit)")
+    _timed(SQLiteJournal, "record_instance", "receive: journal record_instance (commit)")
     _timed(dispatcher.Dispatcher, "deliver", "send: deliver (one batch, all of it)")
     _timed(dicom, "_associate", "send: associate")
     atexit.register(_report)
@@ -69,17 +69,17 @@ def timing() -> None:
 def no_fsync() -> None:
     import os
 
-    from station.store.journal import Journal
+    from station.store.journal.sqlite import SQLiteJournal
 
     # The spool makes data durable with fdatasync and folders with fsync: stub both.
     os.fsync = os.fdatasync = lambda fd: None  # type: ignore[assignment]
-    init = Journal.__init__
+    init = SQLiteJournal.__init__
 
-    def unsynced(self: Journal, *args: Any, **kwargs: Any) -> None:
+    def unsynced(self: SQLiteJournal, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         self._db.execute("PRAGMA synchronous=OFF")
 
-    Journal.__init__ = unsynced  # type: ignore[method-assign]
+    SQLiteJournal.__init__ = unsynced  # type: ignore[method-assign]
 
 
 def no_identify() -> None:

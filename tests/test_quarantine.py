@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from station.store.journal import Journal
+from station.store.journal.sqlite import SQLiteJournal
 from station.store.quarantine import Quarantine
+from station.store.states import QuarantineState
 
 
 def test_files_in_quarantine_without_a_row_are_journaled_once(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite")
+    journal = SQLiteJournal(tmp_path / "journal.sqlite")
     quarantine = Quarantine(tmp_path, journal)
     dropped = tmp_path / "dropbox" / "not-dicom.txt"
     dropped.parent.mkdir()
@@ -22,7 +23,7 @@ def test_files_in_quarantine_without_a_row_are_journaled_once(tmp_path: Path) ->
 
     assert quarantine.adopt_orphans() == 1
     assert quarantine.adopt_orphans() == 0  # once
-    items = {item.path: item for item in quarantine.items("held")}
+    items = {item.path: item for item in quarantine.items(QuarantineState.HELD)}
     assert set(items) == {held.path, str(orphan)}
     assert items[str(orphan)].reason == "orphan"
     assert items[str(orphan)].size == 200

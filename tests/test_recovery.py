@@ -27,18 +27,19 @@ from conftest import (
 from test_failures import FAST_RETRY, arrived_uids, make_instances
 
 from station.errors import JournalError
-from station.store import journal as journal_module
-from station.store.journal import SCHEMA_VERSION, Journal
+from station.store.journal import schema
+from station.store.journal.schema import SCHEMA_VERSION
+from station.store.journal.sqlite import SQLiteJournal
 
 # --- schema versions (in-process) ----------------------------------------------------------
 
 
 def test_new_journal_is_stamped_with_the_schema_version(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite")
-    assert journal.version() == SCHEMA_VERSION == len(journal_module.MIGRATIONS)
+    journal = SQLiteJournal(tmp_path / "journal.sqlite")
+    assert journal.version() == SCHEMA_VERSION == len(schema.MIGRATIONS)
     assert journal.fresh
     journal.close()
-    again = Journal(tmp_path / "journal.sqlite")
+    again = SQLiteJournal(tmp_path / "journal.sqlite")
     assert not again.fresh
     again.check_integrity()
     again.close()
@@ -47,22 +48,24 @@ def test_new_journal_is_stamped_with_the_schema_version(tmp_path: Path) -> None:
 def test_unversioned_journal_with_the_tables_is_adopted_as_version_1(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     db = sqlite3.connect(path)
-    db.executescript(journal_module.SCHEMA_V1)  # as stations wrote it before versions
+    db.executescript(schema.SCHEMA_V1)  # as stations wrote it before versions
     db.execute("INSERT INTO events (ts, kind) VALUES (1, 'kept')")
     db.commit()
     db.close()
     # A read-only command does not write to it: it is version 1, and station run migrates.
     with pytest.raises(JournalError, match=f"schema version 1, not {SCHEMA_VERSION}"):
-        Journal(path, migrate=False)
-    journal = Journal(path)
+        SQLiteJournal(path, migrate=False)
+    journal = SQLiteJournal(path)
     assert journal.version() == SCHEMA_VERSION and not journal.fresh
-    assert [r["kind"] for r in journal.query("SELECT kind FROM events")] == ["kept"]
     journal.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT kind FROM events").fetchall() == [("kept",)]
+    db.close()
 
 
 def test_newer_journal_is_refused_with_its_version(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
-    Journal(path).close()
+    SQLiteJournal(path).close()
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.commit()
@@ -70,7 +73,7 @@ def test_newer_journal_is_refused_with_its_version(tmp_path: Path) -> None:
     with pytest.raises(
         JournalError, match=f"schema version {SCHEMA_VERSION + 1}.*up to {SCHEMA_VERSION}"
     ):
-        Journal(path)
+        SQLiteJournal(path)
     config = tmp_path / "station.yaml"
     config.write_text(yaml.safe_dump({"storage": str(tmp_path)}))
     for command in ("run", "recover"):  # neither starts on it nor rebuilds it
@@ -89,7 +92,7 @@ def test_migrations_run_in_order_each_once(tmp_path: Path, monkeypatch: pytest.M
     """Next steps (a table, then a function) take the journal on by one version each; a
     read-only opener refuses the old version rather than writing to it."""
     path = tmp_path / "journal.sqlite"
-    Journal(path).close()
+    SQLiteJournal(path).close()
     calls: list[int] = []
 
     now, table, last = SCHEMA_VERSION, SCHEMA_VERSION + 1, SCHEMA_VERSION + 2
@@ -99,22 +102,22 @@ def test_migrations_run_in_order_each_once(tmp_path: Path, monkeypatch: pytest.M
         db.execute("INSERT INTO later (reason) VALUES ('from the last step')")
 
     steps = [
-        *journal_module.MIGRATIONS,
+        *schema.MIGRATIONS,
         (table, "CREATE TABLE later (id INTEGER PRIMARY KEY, reason TEXT)"),
         (last, step_last),
     ]
-    monkeypatch.setattr(journal_module, "MIGRATIONS", steps)
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", last)
+    monkeypatch.setattr(schema, "MIGRATIONS", steps)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", last)
     with pytest.raises(JournalError, match=f"schema version {now}, not {last}"):
-        Journal(path, migrate=False)
-    journal = Journal(path)
+        SQLiteJournal(path, migrate=False)
+    journal = SQLiteJournal(path)
     assert journal.version() == last
     journal.close()
-    journal = Journal(path)
+    SQLiteJournal(path).close()
     assert calls == [last]
-    rows = journal.query("SELECT reason FROM later")
-    assert [r["reason"] for r in rows] == ["from the last step"]
-    journal.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT reason FROM later").fetchall() == [("from the last step",)]
+    db.close()
 
 
 # --- end to end -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from station import __version__
 from station.config import StationConfig, load_config
 from station.errors import ConfigError, JournalError
 from station.store.journal import Journal
+from station.store.journal.sqlite import SQLiteJournal
 from station.store.recovery import journal_path
 
 app = typer.Typer(
@@ -75,7 +76,7 @@ def journal_of(config: StationConfig) -> Journal:
     if not path.exists():
         raise fail(f"no journal at {path}: has the station run with this config?")
     try:
-        return Journal(path, migrate=False)
+        return SQLiteJournal(path, migrate=False)
     except JournalError as exc:
         raise fail(str(exc)) from None
 

@@ -12,6 +12,7 @@ import typer
 from station.cli.app import AsJson, ConfigOption, app, config_from, fail, journal_of
 from station.ops.status import render_quarantine
 from station.store.quarantine import Quarantine, QuarantineError
+from station.store.states import QuarantineState
 
 quarantine_app = typer.Typer(help="Rejected inputs held in quarantine: list, release, discard.")
 
@@ -37,7 +38,7 @@ def quarantine_list(
 ) -> None:
     """Rejected inputs held in quarantine, with reason, source and time."""
     quarantine = _quarantine(config)
-    items = quarantine.items(None if every else "held")
+    items = quarantine.items(None if every else QuarantineState.HELD)
     quarantine.journal.close()
     if as_json:
         typer.echo(json.dumps([item.as_dict() for item in items], indent=2))

@@ -4,65 +4,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from station.dicom.status import describe_status
 from station.store.journal import Journal
-from station.store.quarantine import quarantine_items
+from station.store.states import DeliveryState, QuarantineState
 
 
 def status_report(journal: Journal, recent: int = 10) -> dict[str, Any]:
     """Everything ``station status`` shows, as plain data."""
-    batch_states = {
-        r["state"]: r["n"]
-        for r in journal.query("SELECT state, count(*) AS n FROM batches GROUP BY state")
-    }
-    destinations: dict[str, dict[str, int]] = {}
-    for r in journal.query(
-        "SELECT destination, state, count(*) AS n FROM deliveries GROUP BY destination, state"
-    ):
-        destinations.setdefault(r["destination"], {})[r["state"]] = r["n"]
-    dead = journal.query(
-        "SELECT d.id, d.destination, d.attempts, d.last_error, d.updated, b.series_uid,"
-        " b.study_uid, (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n,"
-        " (SELECT count(*) FROM instance_failures f WHERE f.delivery_id=d.id) AS failed"
-        " FROM deliveries d JOIN batches b ON b.id=d.batch_id WHERE d.state='dead_letter'"
-        " ORDER BY d.updated DESC"
-    )
-    quarantined = journal.query(
-        "SELECT b.id, b.series_uid, b.study_uid, b.reason, b.completed_at,"
-        " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
-        " FROM batches b WHERE state='quarantined' ORDER BY b.completed_at DESC"
-    )
-    failures = journal.query(
-        "SELECT d.destination, d.attempts, d.last_error, d.updated, d.state,"
-        " d.next_attempt, b.series_uid"
-        " FROM deliveries d JOIN batches b ON b.id=d.batch_id"
-        " WHERE d.last_error IS NOT NULL ORDER BY d.updated DESC LIMIT ?",
-        (recent,),
-    )
-    warnings = journal.query(
-        "SELECT d.destination, w.sop_uid, w.status, w.comment, w.at, b.series_uid"
-        " FROM instance_warnings w JOIN deliveries d ON d.id=w.delivery_id"
-        " JOIN batches b ON b.id=d.batch_id ORDER BY w.at DESC LIMIT ?",
-        (recent,),
-    )
-    not_sent = journal.query(
-        "SELECT b.series_uid, b.study_uid, b.state, b.reason, b.completed_at,"
-        " (SELECT count(*) FROM instances i WHERE i.batch_id=b.id) AS n"
-        " FROM batches b WHERE b.state IN ('filtered', 'unrouted')"
-        " ORDER BY b.completed_at DESC LIMIT ?",
-        (recent,),
-    )
     return {
-        "series": batch_states,
-        "destinations": destinations,
-        "dead_letters": [dict(r) for r in dead],
-        "quarantined": [dict(r) for r in quarantined],
-        "quarantined_inputs": [item.as_dict() for item in quarantine_items(journal)],
-        "recent_failures": [dict(r) for r in failures],
-        "recent_warnings": [dict(r) for r in warnings],
-        "recent_not_sent": [dict(r) for r in not_sent],
+        "series": journal.batch_counts(),
+        "destinations": journal.delivery_counts(),
+        "dead_letters": [asdict(d) for d in journal.dead_letters()],
+        "quarantined": [asdict(q) for q in journal.quarantined_series()],
+        "quarantined_inputs": [
+            item.as_dict() for item in journal.quarantine_items(QuarantineState.HELD)
+        ],
+        "recent_failures": [asdict(f) for f in journal.recent_failures(recent)],
+        "recent_warnings": [asdict(w) for w in journal.recent_warnings(recent)],
+        "recent_not_sent": [asdict(b) for b in journal.recent_not_sent(recent)],
     }
 
 
@@ -74,8 +36,9 @@ def render_status(state: dict[str, Any]) -> str:
     out.append(f"{'destination':<20} {'pending':>8} {'delivered':>10} {'dead letter':>12}")
     for name, counts in sorted(state["destinations"].items()):
         out.append(
-            f"{name:<20} {counts.get('pending', 0):>8} {counts.get('delivered', 0):>10}"
-            f" {counts.get('dead_letter', 0):>12}"
+            f"{name:<20} {counts.get(DeliveryState.PENDING, 0):>8}"
+            f" {counts.get(DeliveryState.DELIVERED, 0):>10}"
+            f" {counts.get(DeliveryState.DEAD_LETTER, 0):>12}"
         )
     _section(
         out,
@@ -136,7 +99,7 @@ def render_quarantine(items: list[dict[str, Any]]) -> str:
         f"  {i['id']:>5} {_ago(i['at'])} {i['kind']} {i['reason']}: {i['source']}"
         + (f" (held at {i['path']})" if i["path"] else " (left in place)")
         + f"\n        {i['detail']}"
-        + (f" [{i['state']}]" if i.get("state", "held") != "held" else "")
+        + (f" [{i['state']}]" if i["state"] != QuarantineState.HELD else "")
         for i in items
     )
 
@@ -150,7 +113,7 @@ def _section(
 
 
 def _next_try(failure: dict[str, Any]) -> str:
-    if failure["state"] != "pending":
+    if failure["state"] != DeliveryState.PENDING:
         return ""
     return f", next try in {max(0.0, failure['next_attempt'] - time.time()):.0f}s"
 

@@ -22,35 +22,16 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from station.ops.metrics import QUARANTINE_KINDS
 from station.store.journal import Journal
+from station.store.records import QuarantineItem
+from station.store.states import QuarantineState
 
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes, on Linux file systems
-
-
-@dataclass(frozen=True)
-class QuarantineItem:
-    id: int
-    kind: str  # file, zip, member (of an accepted zip), link
-    reason: str  # a short code, e.g. not_dicom, symlink, zip_limits
-    detail: str  # what is wrong, in words
-    source: str  # where it was found: a path, or "archive.zip:member"
-    watch: str | None  # the drop folder it came from
-    path: str | None  # where it is held, None when it could not be moved
-    size: int | None
-    mtime_ns: int | None
-    at: float
-    state: str  # held, released, discarded, gone
-    resolved_at: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class QuarantineError(Exception):
@@ -119,7 +100,7 @@ class Quarantine:
         unreadable spool files there), so that status lists them and release/discard work."""
         if not self.folder.is_dir():
             return 0
-        known = {r["path"] for r in self.journal.query("SELECT path FROM quarantine")}
+        known = self.journal.quarantine_paths()
         adopted = 0
         for path in sorted(p for p in self.folder.rglob("*") if not p.is_dir()):
             if str(path) not in known:
@@ -143,24 +124,9 @@ class Quarantine:
         place: Path | None,
         st: os.stat_result,
     ) -> QuarantineItem:
-        now = time.time()
-        with self.journal.transaction() as db:
-            item_id = db.execute(
-                "INSERT INTO quarantine (kind, reason, detail, source, watch, path, size,"
-                " mtime_ns, at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    kind,
-                    reason,
-                    detail,
-                    source,
-                    None if watch is None else str(watch),
-                    None if place is None else str(place),
-                    st.st_size,
-                    st.st_mtime_ns,
-                    now,
-                ),
-            ).lastrowid
-        assert item_id is not None
+        item_id = self.journal.add_quarantine_item(
+            kind, reason, detail, source, watch, place, st.st_size, st.st_mtime_ns, time.time()
+        )
         item = self.item(item_id)
         assert item is not None
         log.warning(
@@ -174,12 +140,7 @@ class Quarantine:
 
     def held_in_place(self, path: Path, st: os.stat_result) -> bool:
         """Whether ``path``, as it is now, was refused before and could not be moved."""
-        rows = self.journal.query(
-            "SELECT 1 FROM quarantine WHERE state='held' AND path IS NULL AND source=?"
-            " AND size=? AND mtime_ns=?",
-            (str(path), st.st_size, st.st_mtime_ns),
-        )
-        return bool(rows)
+        return self.journal.held_in_place(str(path), st.st_size, st.st_mtime_ns)
 
     def forget_gone(self) -> int:
         """Items held in place whose file was removed or changed since: mark them gone (a
@@ -195,27 +156,19 @@ class Quarantine:
                 continue
             if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
                 gone.append(item.id)
-        self._resolve(gone, "gone")
+        self._resolve(gone, QuarantineState.GONE)
         return len(gone)
 
-    def items(self, state: str | None = "held") -> list[QuarantineItem]:
-        return quarantine_items(self.journal, state)
+    def items(self, state: QuarantineState | None = QuarantineState.HELD) -> list[QuarantineItem]:
+        """Items in ``state`` (None: all), oldest first."""
+        return self.journal.quarantine_items(state)
 
     def item(self, item_id: int) -> QuarantineItem | None:
-        rows = self.journal.query("SELECT * FROM quarantine WHERE id=?", (item_id,))
-        return QuarantineItem(**dict(rows[0])) if rows else None
+        return self.journal.quarantine_item(item_id)
 
     def counts(self) -> dict[str, int]:
         """Held items per kind (every kind present), series quarantined by plugins too."""
-        counts = dict.fromkeys(QUARANTINE_KINDS, 0)
-        for r in self.journal.query(
-            "SELECT kind, count(*) AS n FROM quarantine WHERE state='held' GROUP BY kind"
-        ):
-            counts[r["kind"]] = r["n"]
-        counts["series"] = self.journal.query(
-            "SELECT count(*) AS n FROM batches WHERE state='quarantined'"
-        )[0]["n"]
-        return counts
+        return dict.fromkeys(QUARANTINE_KINDS, 0) | self.journal.quarantine_counts()
 
     def release(self, item_id: int) -> Path:
         """Move a held item back to where it was found (a free name beside it, if that is
@@ -242,7 +195,7 @@ class Quarantine:
             ) from None
         with contextlib.suppress(OSError):
             held.parent.rmdir()
-        self._resolve([item_id], "released")
+        self._resolve([item_id], QuarantineState.RELEASED)
         return target
 
     def discard(self, item_id: int) -> None:
@@ -258,29 +211,18 @@ class Quarantine:
                 ) from None
             with contextlib.suppress(OSError):
                 held.parent.rmdir()
-        self._resolve([item_id], "discarded")
+        self._resolve([item_id], QuarantineState.DISCARDED)
 
     def _held(self, item_id: int) -> QuarantineItem:
         item = self.item(item_id)
         if item is None:
             raise QuarantineError(f"no quarantine item {item_id} (`station quarantine list`)")
-        if item.state != "held":
+        if item.state != QuarantineState.HELD:
             raise QuarantineError(f"quarantine item {item_id} is already {item.state}")
         return item
 
-    def _resolve(self, ids: list[int], state: str) -> None:
-        now = time.time()
-        with self.journal.transaction() as db:
-            db.executemany(
-                "UPDATE quarantine SET state=?, resolved_at=? WHERE id=?",
-                [(state, now, item_id) for item_id in ids],
-            )
-
-
-def quarantine_items(journal: Journal, state: str | None = "held") -> list[QuarantineItem]:
-    """The journal's quarantine items in ``state`` (None: all), oldest first."""
-    sql = "SELECT * FROM quarantine" + (" WHERE state=?" if state else "") + " ORDER BY id"
-    return [QuarantineItem(**dict(r)) for r in journal.query(sql, (state,) if state else ())]
+    def _resolve(self, ids: list[int], state: QuarantineState) -> None:
+        self.journal.resolve_quarantine_items(ids, state, time.time())
 
 
 def free_name(path: Path) -> Path:

@@ -1,13 +1,15 @@
-"""What the journal records, as frozen values: instances, series batches, deliveries and
-audit events, and the rows they are read from."""
+"""What the journal records, as frozen values: instances, series batches, deliveries, audit
+events, quarantined inputs, and the summaries ``station status`` and ``station trace`` show.
+
+Field names of the summaries are the keys of their ``--json`` output."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from station.store.states import BatchState, DeliveryState, QuarantineState
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Batch:
     id: int
     study_uid: str
     series_uid: str
-    state: str
+    state: BatchState
     first_received: float
     last_received: float
     calling_ae: str
@@ -44,7 +46,7 @@ class Delivery:
     destination: str
     routes: tuple[str, ...]
     transforms: tuple[dict[str, Any], ...]
-    state: str
+    state: DeliveryState
     attempts: int
     next_attempt: float
     last_error: str | None
@@ -79,33 +81,101 @@ class Dropped:
     mtime_ns: int
 
 
-def batch_from_row(row: sqlite3.Row) -> Batch:
-    return Batch(
-        id=row["id"],
-        study_uid=row["study_uid"],
-        series_uid=row["series_uid"],
-        state=row["state"],
-        first_received=row["first_received"],
-        last_received=row["last_received"],
-        calling_ae=row["calling_ae"] or "",
-        called_ae=row["called_ae"] or "",
-        peer=row["peer"] or "",
-        source=row["source"] or "",
-        labels=json.loads(row["labels"] or "{}"),
-        reason=row["reason"],
-    )
+@dataclass(frozen=True)
+class QuarantineItem:
+    """A rejected input (station/store/quarantine.py)."""
+
+    id: int
+    kind: str  # file, zip, member (of an accepted zip), link
+    reason: str  # a short code, e.g. not_dicom, symlink, zip_limits
+    detail: str  # what is wrong, in words
+    source: str  # where it was found: a path, or "archive.zip:member"
+    watch: str | None  # the drop folder it came from
+    path: str | None  # where it is held, None when it could not be moved
+    size: int | None
+    mtime_ns: int | None
+    at: float
+    state: QuarantineState
+    resolved_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def delivery_from_row(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        batch_id=row["batch_id"],
-        destination=row["destination"],
-        routes=tuple(json.loads(row["routes"])),
-        transforms=tuple(json.loads(row["transforms"])),
-        state=row["state"],
-        attempts=row["attempts"],
-        next_attempt=row["next_attempt"],
-        last_error=row["last_error"],
-        only_failed=bool(row["only_failed"]),
-    )
+@dataclass(frozen=True)
+class Sender:
+    """Who sent a batch's instances (those still journaled), per calling AE, peer and
+    source: how many, how many bytes, first and last received."""
+
+    calling_ae: str | None
+    called_ae: str | None
+    peer: str | None
+    source: str | None
+    n: int
+    bytes: int
+    first: float
+    last: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered delivery, with its series and instance counts."""
+
+    id: int
+    destination: str
+    attempts: int
+    last_error: str | None
+    updated: float
+    series_uid: str
+    study_uid: str
+    n: int  # instances in the batch
+    failed: int  # instances the destination refused
+
+
+@dataclass(frozen=True)
+class QuarantinedSeries:
+    """A series batch a plugin or the router failed on."""
+
+    id: int
+    series_uid: str
+    study_uid: str
+    reason: str | None
+    completed_at: float | None
+    n: int  # instances
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A delivery whose last attempt failed (pending a retry, or dead-lettered)."""
+
+    destination: str
+    attempts: int
+    last_error: str
+    updated: float
+    state: DeliveryState
+    next_attempt: float
+    series_uid: str
+
+
+@dataclass(frozen=True)
+class InstanceWarning:
+    """An instance a destination took with a warning status."""
+
+    destination: str
+    sop_uid: str
+    status: int
+    comment: str
+    at: float
+    series_uid: str
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """A series batch not sent on purpose: filtered or unrouted."""
+
+    series_uid: str
+    study_uid: str
+    state: BatchState
+    reason: str | None
+    completed_at: float | None
+    n: int  # instances

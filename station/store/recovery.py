@@ -21,7 +21,9 @@ from pathlib import Path
 from station.dicom.identify import identify, read_header
 from station.dicom.pdu import IMPLEMENTATION_CLASS_UID
 from station.errors import JournalError, RejectedInstance
-from station.store.journal import Journal, NewerJournal
+from station.store.journal import Journal
+from station.store.journal.schema import NewerJournal
+from station.store.journal.sqlite import SQLiteJournal
 from station.store.records import Received
 from station.store.spool import Spool, make_folder
 
@@ -45,7 +47,7 @@ def untrusted(storage: Path, spool: Spool) -> str | None:
             return None  # a new station: nothing to lose
         return f"journal {path} is {'empty' if path.exists() else 'missing'}"
     try:
-        journal = Journal(path)
+        journal = SQLiteJournal(path)
     except NewerJournal:
         raise  # sound, only newer than this code: neither trusted nor rebuilt
     except JournalError as exc:
@@ -73,7 +75,7 @@ def open_journal(storage: Path, spool: Spool, hint: str = "station recover") -> 
             "spool (the old one is kept aside; every instance is delivered again), or "
             "`station run --recover` to do that and start"
         )
-    return Journal(journal_path(storage))
+    return SQLiteJournal(journal_path(storage))
 
 
 @dataclass
@@ -104,7 +106,7 @@ def rebuild(storage: Path, spool: Spool, now: float | None = None) -> Recovered:
     never used) are left for the start-up clean-up. The caller holds the storage lock."""
     now = time.time() if now is None else now
     result = Recovered(kept_aside=set_aside(journal_path(storage), now))
-    journal = Journal(journal_path(storage))
+    journal = SQLiteJournal(journal_path(storage))
     try:
         for path in spool.data_files():
             try:
@@ -130,7 +132,7 @@ def rebuild(storage: Path, spool: Spool, now: float | None = None) -> Recovered:
             _batch, stale = journal.record_instance(received, now=now)
             if stale is not None:  # the same instance twice: the later copy wins
                 spool.remove(stale)
-        result.requeued = journal.query("SELECT count(*) AS n FROM instances")[0]["n"]
+        result.requeued = journal.instance_count()
     finally:
         journal.close()
     return result
