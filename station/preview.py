@@ -25,6 +25,7 @@ from station.receive.inputs import InputFile
 from station.routing.router import decide
 from station.series import SeriesView
 from station.service import Setup
+from station.store.states import BatchState
 
 
 @dataclass
@@ -124,7 +125,7 @@ def route(preview: Preview, setup: Setup, source: str, peer: str) -> None:
             continue
         summary.outcome = (
             decision.state
-            if decision.state == "routed"
+            if decision.state == BatchState.ROUTED
             else (f"{decision.state}: {decision.reason}")
         )
         summary.labels = decision.labels

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from station.dicom.identify import read_header
 from station.store.journal import Journal
 from station.store.records import Batch
+from station.store.states import BatchState
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0  # after a failed pass: a full disk or broken journal is not hammered
@@ -122,7 +123,7 @@ class Assembler:
         closed = self.journal.close_quiet_batches(now - self.quiet, now - self.max_wait)
         if self.on_closed:
             self.on_closed(len(closed))
-        ids = self.journal.batches_in_state("complete")
+        ids = self.journal.batches_in_state(BatchState.COMPLETE)
         for batch_id in ids:
             self.on_complete(batch_id)
         return ids

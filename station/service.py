@@ -38,6 +38,7 @@ from station.series import Assembler
 from station.store.lock import StorageLock
 from station.store.recovery import open_journal, rebuild, untrusted
 from station.store.spool import Spool
+from station.store.states import DeliveryState
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
@@ -312,7 +313,7 @@ class Station:
     def summary(self) -> str:
         """One line for systemd's STATUS=: what listens, what is in progress and queued."""
         counts = self.journal.queue_counts()
-        queued = sum(n for (_, state), n in counts.items() if state == "pending")
+        queued = sum(n for (_, state), n in counts.items() if state == DeliveryState.PENDING)
         dead = sum(n for (_, state), n in counts.items() if state == "dead_letter")
         associations = self.metrics.registry.get_sample_value("station_associations_active")
         return (
@@ -327,8 +328,10 @@ class Station:
     def update_gauges(self) -> None:
         counts = self.journal.queue_counts()
         for name in self.destinations:
-            self.metrics.queue_series.labels(name).set(counts.get((name, "pending"), 0))
-            self.metrics.dead_letter_series.labels(name).set(counts.get((name, "dead_letter"), 0))
+            pending = counts.get((name, DeliveryState.PENDING), 0)
+            self.metrics.queue_series.labels(name).set(pending)
+            dead = counts.get((name, DeliveryState.DEAD_LETTER), 0)
+            self.metrics.dead_letter_series.labels(name).set(dead)
         self.metrics.spool_bytes.set(self.journal.spool_bytes())
         for kind, count in self.ingestor.quarantine.counts().items():
             self.metrics.quarantine_items.labels(kind).set(count)

@@ -26,6 +26,7 @@ from station.routing.routes import Route
 from station.routing.workers import RoutingWorkers
 from station.series import SeriesView
 from station.store.journal import Journal
+from station.store.journal.sqlite import SQLiteJournal
 from station.store.records import Received
 from station.store.spool import Spool
 from station.testing import load_plugins, run_plugins, series_from_files
@@ -221,7 +222,7 @@ def slow() -> Iterator[SlowOnCT]:
 @needs_corpus
 def test_a_slow_plugin_delays_only_its_own_series(tmp_path: Path, slow: SlowOnCT) -> None:
     spool = Spool(tmp_path / "store", 0)
-    journal = Journal(tmp_path / "store" / "journal.sqlite")
+    journal = SQLiteJournal(tmp_path / "store" / "journal.sqlite")
     plugins = load_plugins({"slow": slow})
     routes = [Route(name="all", destinations=["pacs"], source_file="test")]
     router = Router(journal, plugins, routes, {"pacs": None}, Metrics())

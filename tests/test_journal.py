@@ -21,6 +21,7 @@ from station.store.journal import Journal
 from station.store.journal.sqlite import SQLiteJournal
 from station.store.records import Received
 from station.store.spool import Spool
+from station.store.states import BatchState
 
 
 def copy_with(tmp: Path, name: str, **tags: str) -> Path:
@@ -151,7 +152,7 @@ def test_quiet_period_completes_a_batch_and_late_instances_open_a_new_one(tmp_pa
     )
     assert assembler.close_due(now=t0 + 14) == []  # 9 s after the last one: still quiet
     assert assembler.close_due(now=t0 + 15) == [first]
-    journal.finish_batch(first, "unrouted", "test", {})
+    journal.finish_batch(first, BatchState.UNROUTED, "test", {})
     late = spool_and_journal(
         spool,
         journal,

@@ -23,13 +23,14 @@ from station.routing.plugins import Plugins
 from station.routing.routes import Route
 from station.series import SeriesView
 from station.store.journal import Journal
+from station.store.states import BatchState
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Decision:
-    state: str  # routed, filtered, unrouted, quarantined
+    state: BatchState  # routed, filtered, unrouted or quarantined
     reason: str | None
     labels: dict[str, str]
     deliveries: list[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]]
@@ -58,7 +59,7 @@ def decide(
             hooks.append(f"station_filter_series: {plugin} {'kept' if verdict else 'dropped'} it")
         if verdict is False:
             reason = f"filtered by plugin {plugin}"
-            return Decision("filtered", reason, dict(series.labels), [], tuple(hooks))
+            return Decision(BatchState.FILTERED, reason, dict(series.labels), [], tuple(hooks))
     labels = dict(series.labels)
     for plugin, extra in plugins.call_each(
         "station_classify_series",
@@ -93,10 +94,10 @@ def decide(
         if extra:
             hooks.append(f"station_route_series: {plugin} added {', '.join(extra)}")
     if not chosen:
-        return Decision("unrouted", "no route matched", labels, [], tuple(hooks))
+        return Decision(BatchState.UNROUTED, "no route matched", labels, [], tuple(hooks))
     deliveries = [(name, tuple(names), steps) for (name, _), (names, steps) in chosen.items()]
     summary = "; ".join(f"{d} via {', '.join(r)}" for d, r, _ in deliveries)
-    return Decision("routed", summary, labels, deliveries, tuple(hooks))
+    return Decision(BatchState.ROUTED, summary, labels, deliveries, tuple(hooks))
 
 
 def _labels(labels: Mapping[str, str]) -> str:
@@ -128,7 +129,7 @@ class Router:
         """Decide for a complete batch and journal it; None when the batch is no longer
         complete (decided meanwhile: the assembler hands a batch on until it is)."""
         batch = self.journal.batch(batch_id)
-        if batch.state != "complete":
+        if batch.state != BatchState.COMPLETE:
             return None
         paths = [i.path for i in self.journal.instances(batch_id)]
         sender = batch.calling_ae or batch.source
@@ -139,12 +140,12 @@ class Router:
             series = SeriesView.from_batch(batch, paths)
             decision = decide(series, plugins, routes, self.destinations)
         except PluginError as exc:
-            decision = Decision("quarantined", str(exc), dict(batch.labels), [])
+            decision = Decision(BatchState.QUARANTINED, str(exc), dict(batch.labels), [])
             self.metrics.series_quarantined.labels("plugin_error").inc()
             log.error("quarantined %s: %s", context, exc, extra=fields)
         except Exception as exc:
             decision = Decision(
-                "quarantined",
+                BatchState.QUARANTINED,
                 f"routing failed: {type(exc).__name__}: {exc}",
                 dict(batch.labels),
                 [],
@@ -159,10 +160,10 @@ class Router:
             decision.deliveries,
             decision.hooks,
         )
-        if decision.state == "filtered":
+        if decision.state == BatchState.FILTERED:
             plugin = (decision.reason or "").removeprefix("filtered by plugin ")
             self.metrics.series_filtered.labels(plugin).inc()
-        elif decision.state == "unrouted":
+        elif decision.state == BatchState.UNROUTED:
             self.metrics.series_unrouted.inc()
         log.info(
             "%s: %d instances %s: %s",

@@ -71,8 +71,8 @@ class Journal(Protocol):
 
     def next_open_deadline(self, quiet: float, max_wait: float) -> float | None: ...
 
-    def batches_in_state(self, state: str) -> list[int]:
-        """Ids of the batches in ``state`` (a BatchState)."""
+    def batches_in_state(self, state: BatchState) -> list[int]:
+        """Ids of the batches in ``state``."""
 
     def batch(self, batch_id: int) -> Batch: ...
 
@@ -81,13 +81,13 @@ class Journal(Protocol):
     def finish_batch(
         self,
         batch_id: int,
-        state: str,
+        state: BatchState,
         reason: str | None,
         labels: dict[str, str],
         deliveries: Sequence[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]] = (),
         hooks: Sequence[str] = (),
     ) -> None:
-        """Record the router's decision (``state``: a BatchState), what each plugin hook
+        """Record the router's decision, what each plugin hook
         decided, and the deliveries (destination, routes, transforms) it created."""
 
     # --- dispatch -----------------------------------------------------------------------
@@ -120,7 +120,7 @@ class Journal(Protocol):
 
     # --- housekeeping -------------------------------------------------------------------
 
-    def queue_counts(self) -> dict[tuple[str, str], int]:
+    def queue_counts(self) -> dict[tuple[str, DeliveryState], int]:
         """Pending and dead-lettered deliveries per (destination, state)."""
 
     def spool_bytes(self) -> int: ...

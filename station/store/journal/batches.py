@@ -206,8 +206,8 @@ class Batches(Database):
         )[0]
         return cast("float | None", row["t"])
 
-    def batches_in_state(self, state: str) -> list[int]:
-        rows = self._rows("SELECT id FROM batches WHERE state=?", (BatchState(state),))
+    def batches_in_state(self, state: BatchState) -> list[int]:
+        rows = self._rows("SELECT id FROM batches WHERE state=?", (state,))
         return [r["id"] for r in rows]
 
     def batch(self, batch_id: int) -> Batch:
@@ -238,15 +238,14 @@ class Batches(Database):
     def finish_batch(
         self,
         batch_id: int,
-        state: str,
+        state: BatchState,
         reason: str | None,
         labels: dict[str, str],
         deliveries: Sequence[tuple[str, tuple[str, ...], tuple[dict[str, Any], ...]]] = (),
         hooks: Sequence[str] = (),
     ) -> None:
         """Record the router's decision, what each plugin hook decided (``hooks``, for the
-        audit trail) and the deliveries it created, atomically. ``state``: a BatchState."""
-        state = BatchState(state)
+        audit trail) and the deliveries it created, atomically."""
         now = time.time()
         with self._transaction() as db:
             db.execute(

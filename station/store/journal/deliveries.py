@@ -141,7 +141,7 @@ class Deliveries(Database):
                 batches = len(quarantined)
         return len(ids) + batches
 
-    def queue_counts(self) -> dict[tuple[str, str], int]:
+    def queue_counts(self) -> dict[tuple[str, DeliveryState], int]:
         """Pending and dead-lettered deliveries per (destination, state)."""
         rows = self._rows(
             "SELECT destination, state, count(*) AS n FROM deliveries"
