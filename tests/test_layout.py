@@ -1,5 +1,5 @@
-"""The package layout is the pipeline: each layer imports only the ones below it and
-nothing imports in a circle."""
+"""The package layout is the pipeline: each layer imports only the ones below it, nothing
+imports in a circle, and no module grows past what one reader can hold."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "station"
+MAX_LINES = 400
 # Lowest first. A module belongs to the entry that is the longest prefix of its name and
 # may import from its own layer and any below it.
 LAYERS: list[tuple[str, ...]] = [
@@ -79,3 +80,8 @@ def test_no_import_cycles() -> None:
     except CycleError as exc:
         pytest.fail("import cycle: " + " -> ".join(exc.args[1]))
 
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_module_fits_in_one_reading(module: str) -> None:
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{MODULES[module]} has {lines} lines (at most {MAX_LINES})"

@@ -18,13 +18,12 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource
 from pydantic_settings.sources.utils import parse_env_vars
 
-from station.config.models import (
-    DEFAULT_DROPBOX,
+from station.config.destinations import (
     DestinationConfig,
     DicomDestinationConfig,
     FolderDestinationConfig,
-    StationConfig,
 )
+from station.config.models import DEFAULT_DROPBOX, StationConfig
 from station.errors import ConfigError
 
 

@@ -10,14 +10,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydicom.uid import AllTransferSyntaxes
 
-from station.config.values import UID, AETitle, Mode, Network, SyntaxPreference
-from station.dicom.transcode import DEFAULT_PREFERENCES
+from station.config.destinations import (
+    DestinationConfig,
+    FolderDestinationConfig,
+)
+from station.config.values import UID, AETitle, Model, Network
 
 DEFAULT_DESTINATION = "local-folder"
 DEFAULT_DROPBOX = "dropbox"
@@ -25,10 +28,6 @@ DEFAULT_TIMEOUT_SECONDS = 30.0  # plugin_timeout_seconds: how long one hook call
 # Every transfer syntax of the standard (pydicom's table): the station stores the data set
 # as it came and forwards it in the same syntax, so it never needs to understand pixel data.
 STANDARD_TRANSFER_SYNTAXES = tuple(str(uid) for uid in AllTransferSyntaxes)
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PeerConfig(Model):
@@ -238,87 +237,6 @@ class SeriesConfig(Model):
 
     quiet_seconds: float = Field(10.0, gt=0, description="this long without a new instance")
     max_wait_seconds: float = Field(900.0, gt=0, description="or this long after its first one")
-
-
-class RetryConfig(Model):
-    """Retries of a transient failure, with exponential backoff and jitter."""
-
-    max_attempts: int = Field(10, ge=1, description="attempts before the dead letter")
-    initial_seconds: float = Field(5.0, ge=0, description="the first backoff")
-    max_seconds: float = Field(900.0, ge=0, description="the longest backoff")
-
-
-class DestinationTlsConfig(Model):
-    """DICOM over TLS to a peer (TLS 1.2+, BCP 195 suites)."""
-
-    ca: Path | None = Field(
-        None, description="the peer's certificate is verified against it (none: system roots)"
-    )
-    certificate: Path | None = Field(
-        None, description="ours, shown when the peer asks (mutual authentication)"
-    )
-    key: Path | None = Field(None, description="the key of `certificate`")
-    check_hostname: bool = Field(True, description="the peer's certificate must name `host`")
-
-
-class DicomDestinationConfig(Model):
-    """A DICOM peer, sent to as a C-STORE SCU."""
-
-    type: Literal["dicom"] = Field(description="`dicom`")
-    host: str = Field(description="the peer's host name or address")
-    port: int = Field(ge=1, le=65535, description="the peer's port")
-    ae_title: AETitle = Field(description="the peer's (called) AE title")
-    calling_ae_title: AETitle | None = Field(None, description="ours (none: `ae_title`)")
-    timeout_seconds: float = Field(30.0, gt=0, description="network and DIMSE timeout")
-    max_pdu_bytes: int = Field(4_194_304, ge=0, description="the largest PDU we accept")
-    tls: DestinationTlsConfig | None = Field(None, description="none: plain TCP")
-    retry: RetryConfig = Field(RetryConfig(), description="retries of transient failures")
-    transfer_syntaxes: tuple[SyntaxPreference, ...] = Field(
-        DEFAULT_PREFERENCES,
-        min_length=1,
-        description="most preferred first, UIDs or pydicom keywords, `stored` for the syntax "
-        "an instance was received in; each instance is offered in those it can be converted "
-        "to and goes in the first the peer accepts (README: Transcoding)",
-    )
-    allow_lossy: bool = Field(
-        False,
-        description="allow converting into a lossy syntax (JPEG-LS near-lossless, JPEG "
-        "2000); without it such an entry of `transfer_syntaxes` is never used",
-    )
-
-
-class FolderDestinationConfig(Model):
-    """A folder, written one file per instance. The files hold PHI: owner-only unless the
-    config says otherwise."""
-
-    type: Literal["folder"] = Field(description="`folder`")
-    path: Path = Field(description="the folder written into")
-    retry: RetryConfig = Field(RetryConfig(), description="retries of transient failures")
-    file_mode: Mode = Field(
-        0o600, description='the mode of files written, an octal string such as `"0640"`'
-    )
-    folder_mode: Mode = Field(0o700, description="the same, for folders created")
-
-
-class PluginDestinationConfig(BaseModel):
-    """A destination type provided by a plugin; the plugin's class validates the rest."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    type: str = Field(description="a type a plugin provides")
-    retry: RetryConfig = Field(RetryConfig(), description="retries of transient failures")
-
-
-def _destination_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, Mapping) else getattr(value, "type", None)
-    return kind if kind in ("dicom", "folder") else "plugin"
-
-
-DestinationConfig = Annotated[
-    Annotated[DicomDestinationConfig, Tag("dicom")]
-    | Annotated[FolderDestinationConfig, Tag("folder")]
-    | Annotated[PluginDestinationConfig, Tag("plugin")],
-    Discriminator(_destination_kind),
-]
 
 
 class MetricsConfig(Model):

@@ -2,8 +2,8 @@
 
 ``python -m station.config.reference > docs/configuration.md`` writes it;
 tests/test_generated_docs.py fails when the committed file differs from what the models
-render, so it cannot drift: every key, type and default comes from station/config/models.py,
-every meaning from its field's ``description``.
+render, so it cannot drift: every key, type and default comes from the models
+(station/config/models.py, destinations.py), every meaning from its field's ``description``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ LONGEST_DEFAULT = 5  # list items shown; a longer default is described, not list
 INTRO = """# Configuration reference
 
 <!-- Rendered by `python -m station.config.reference > docs/configuration.md` from the
-field descriptions in station/config/models.py; edit those, not this file. -->
+field descriptions in station/config/models.py and destinations.py; edit those, not this file. -->
 
 One YAML file (`station run --config FILE`, or `STATION_CONFIG`); `examples/station.yaml`
 shows every section with comments. Unknown keys are errors, every value has a default unless

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from station.dicom.transcode import STORED
 from station.dicom.uids import transfer_syntax_uid
@@ -66,3 +66,9 @@ Network = Annotated[str, BeforeValidator(_network)]
 Mode = Annotated[
     int, BeforeValidator(_mode), PlainSerializer(lambda mode: f"{mode:04o}", when_used="json")
 ]
+
+
+class Model(BaseModel):
+    """A config section: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

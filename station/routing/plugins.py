@@ -28,17 +28,12 @@ neither piles up threads nor holds up a routing worker.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import operator
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -48,6 +43,7 @@ from station.config import DEFAULT_TIMEOUT_SECONDS
 from station.errors import ConfigError, PluginError
 from station.ops.metrics import Metrics
 from station.routing import hookspecs
+from station.routing.loading import load_target
 
 ENTRY_POINT_GROUP = "station.plugins"
 MAX_OVERRUNNING = 4
@@ -145,42 +141,6 @@ class PluginInfo:
     hooks: tuple[str, ...]
 
 
-def _import_file(path: Path) -> ModuleType:
-    name = f"station_plugin_{path.stem.replace('-', '_')}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"{path}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise ConfigError(f"{path}: plugin failed to import: {type(exc).__name__}: {exc}") from exc
-    return module
-
-
-def _load_target(target: str) -> list[tuple[ModuleType, str]]:
-    path = Path(target)
-    if path.is_dir():
-        return [
-            (_import_file(p), str(p))
-            for p in sorted(path.glob("*.py"))
-            if not p.name.startswith("_") and not p.name.startswith("test_")
-        ]
-    if path.suffix == ".py" or "/" in target:
-        if not path.exists():
-            raise ConfigError(f"plugins: {target}: no such file or folder")
-        return [(_import_file(path), str(path))]
-    try:
-        module = importlib.import_module(target)
-    except Exception as exc:
-        raise ConfigError(
-            f"plugins: module {target!r} cannot be imported: {type(exc).__name__}: {exc}"
-        ) from exc
-    return [(module, f"module {target}")]
-
-
 class Plugins:
     """The plugin manager of one service, with the guard around every hook call."""
 
@@ -214,7 +174,7 @@ class Plugins:
                 registered = str(self.pm.get_name(plugin))
                 self.origins[registered] = f"entry point of {dist.project_name} {dist.version}"
         for target in targets:
-            for module, origin in _load_target(target):
+            for module, origin in load_target(target):
                 self._add(module.__name__.removeprefix("station_plugin_"), module, origin)
         for name, plugin in (objects or {}).items():
             self._add(name, plugin, "registered in code")
