@@ -3,7 +3,7 @@
 Layout under the storage path::
 
     spool/<folder>/<n>.dcm   one instance each, fdatasynced before acknowledgement
-    journal.sqlite           the state (see journal.py): which file holds which instance
+    journal.sqlite           the state (see station.store.journal): which file holds which instance
     quarantine/              input refused as a whole (drop-folder files, zip members)
     station.lock             held by the running station (see lock.py)
 
