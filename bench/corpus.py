@@ -7,7 +7,9 @@ manifest says it was written to the same specification).
 - ``series50``: one series of 50 of them, the baseline the 5000 are compared with.
 
 Files are Explicit VR Little Endian, uncompressed, named ``sSS/IIIII.dcm`` in sending order
-(study by study, series by series), so that every peer sees series one after the other.
+(study by study, series by series), so that every peer sees series one after the other. A
+spec with ``jpeg_lossless`` has its files compressed by DCMTK's dcmcjpeg (JPEG Lossless,
+first-order prediction, 1.2.840.10008.1.2.4.70): the transcoding benchmark's input.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import random
 import shutil
+import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 FORMAT_VERSION = 1  # bump when the generated files change
+DCMCJPEG = "/usr/bin/dcmcjpeg"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Spec:
     instances_per_series: int
     modality: str  # CT or MR
     size: int  # rows = columns
+    jpeg_lossless: bool = False  # files compressed by dcmcjpeg (DCMTK) after writing
 
     @property
     def instances(self) -> int:
@@ -126,6 +131,13 @@ def _template(spec: Spec, study: int, series: int, study_uid: str, series_uid: s
     return ds
 
 
+def _compress(path: Path) -> None:
+    """Compress a file in place with dcmcjpeg (its default: lossless, selection value 1)."""
+    packed = path.with_suffix(".jpeg")
+    subprocess.run([DCMCJPEG, str(path), str(packed)], check=True, capture_output=True)
+    packed.replace(path)
+
+
 def generate(spec: Spec, cache: Path) -> Corpus:
     """The corpus of ``spec`` under ``cache``, written unless already there."""
     root = cache / f"{spec.name}-{spec.key()}"
@@ -156,6 +168,8 @@ def generate(spec: Spec, cache: Path) -> Corpus:
                 ds.ImagePositionPatient = [0, 0, float(number)]
                 path = folder / f"{number:05d}.dcm"
                 ds.save_as(path, enforce_file_format=True)
+                if spec.jpeg_lossless:
+                    _compress(path)
                 files.append(str(path.relative_to(root)))
                 total += path.stat().st_size
     manifest.write_text(json.dumps({"files": files, "total_bytes": total, "series": series_index}))

@@ -336,9 +336,15 @@ def start_storescp(
 
 
 def storescu_args(
-    port: int, called: str, files: Sequence[str], calling: str = "BENCH"
+    port: int,
+    called: str,
+    files: Sequence[str],
+    calling: str = "BENCH",
+    proposing: Sequence[str] = (),
 ) -> list[str]:
-    return [STORESCU, "-aet", calling, "-aec", called, HOST, str(port), *files]
+    """storescu sending ``files``; ``proposing``: its transfer syntax options (``-xs``: JPEG
+    lossless; without any it proposes uncompressed syntaxes only)."""
+    return [STORESCU, "-aet", calling, "-aec", called, *proposing, HOST, str(port), *files]
 
 
 def orthanc_config(

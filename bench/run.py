@@ -17,10 +17,10 @@ For each corpus (generated with pydicom into a cache, see corpus.py) it runs:
 - ``station-send`` its send leg alone: the station restarted on the spool the receive leg
                    filled, from "listening" until the last file is at storescp;
 - ``station-cli``  ``station send`` of the corpus files to storescp (start-up included);
-- ``station-transcode`` as ``station``, the destination asking for JPEG-LS Lossless: every
-                   instance compressed on the way out, decoded again to verify, one at a
-                   time (the corpora are uncompressed: none of the kept codecs writes JPEG
-                   lossless, so this is the compressing direction, the heavier one).
+- ``station-transcode`` as ``station``, on the corpus compressed JPEG Lossless (by DCMTK's
+                   dcmcjpeg, cached beside it) and sent with ``storescu -xs``, to a
+                   destination that takes Explicit VR Little Endian only: every instance
+                   decompressed on the way out, one at a time.
 
 Relay times run from the first byte sent (storescu started) until the last file exists at
 the final storescp. Peak RSS is the relay's (VmHWM; for DCMTK's store-and-forward storescp
@@ -195,8 +195,14 @@ def send(
     share = -(-len(corpus.files) // senders)
     parts = [corpus.files[i : i + share] for i in range(0, len(corpus.files), share)]
     names = ["storescu"] if len(parts) == 1 else [f"storescu-{n}" for n in range(len(parts))]
+    proposing = ["-xs"] if corpus.spec.jpeg_lossless else []
     scus = [
-        procs.start(name, storescu_args(port, called, part), env=DCMTK_ENV, cwd=corpus.root)
+        procs.start(
+            name,
+            storescu_args(port, called, part, proposing=proposing),
+            env=DCMTK_ENV,
+            cwd=corpus.root,
+        )
         for name, part in zip(names, parts, strict=True)
     ]
     return started, scus
@@ -404,10 +410,13 @@ def run_station_cli(corpus: Corpus, work: Path, procs: Processes, opts: Options)
 def run_station_transcode(
     corpus: Corpus, work: Path, procs: Processes, opts: Options
 ) -> list[Outcome]:
+    """``station`` on the corpus's JPEG Lossless twin, its destination taking Explicit VR
+    Little Endian only: every instance decompressed on the way out."""
+    twin = generate(replace(corpus.spec, jpeg_lossless=True), corpus.root.parent)
     extra = json.loads(json.dumps(opts.station_extra))
-    merge(extra, {"destinations": {"pacs": {"transfer_syntaxes": ["JPEGLSLossless"]}}})
-    outcomes = run_station(corpus, work, procs, replace(opts, station_extra=extra))
-    return [replace(o, rss_of="station (to JPEG-LS)") for o in outcomes]
+    merge(extra, {"destinations": {"pacs": {"transfer_syntaxes": ["ExplicitVRLittleEndian"]}}})
+    outcomes = run_station(twin, work, procs, replace(opts, station_extra=extra))
+    return [replace(o, rss_of="station (JPEG Lossless to explicit LE)") for o in outcomes]
 
 
 RUNNERS: dict[str, tuple[tuple[str, ...], Callable[..., list[Outcome]]]] = {
