@@ -115,6 +115,9 @@ class ListenConfig(Model):
     idle_timeout_seconds: float = Field(60.0, gt=0, le=86400)
     max_pdu_bytes: int = Field(4_194_304, ge=0)
     tls: ListenTlsConfig | None = None
+    # Receiver processes accepting on the port(s), each spooling and answering C-STOREs
+    # itself (station/receive/workers.py); the limits above hold across all of them.
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
 
     @field_validator("peers", mode="before")
     @classmethod

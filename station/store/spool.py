@@ -6,6 +6,8 @@ Layout under the storage path::
     journal.sqlite           the state (see journal.py): which file holds which instance
     quarantine/              input refused as a whole (drop-folder files, zip members)
     station.lock             held by the running station (see lock.py)
+    run/                     the receiver processes' metrics and connection board (emptied
+                             at every start; station/receive/workers.py)
 
 All of it is PHI: folders are created 0700 and files 0600, whatever the umask; the spool
 and quarantine folders are made so at every start (an older station made them 0755).
