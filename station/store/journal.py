@@ -11,6 +11,7 @@ Delivery states: ``pending`` -> ``delivered`` or ``dead_letter``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -168,6 +169,9 @@ class Journal:
         self.group_commits = 0  # transactions record_instance committed (tests read it)
         self.fresh = False  # whether opening found no tables (a new or emptied journal)
         _create_private(path)
+        self._writer = os.open(
+            path.with_name(path.name + "-writer"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+        )
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         try:
@@ -178,9 +182,11 @@ class Journal:
                 self._upgrade(migrate)
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            os.close(self._writer)
             raise JournalError(f"journal {path} cannot be read: {exc}") from exc
         except JournalError:
             self._db.close()
+            os.close(self._writer)
             raise
 
     def version(self) -> int:
@@ -237,10 +243,11 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            os.close(self._writer)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -252,6 +259,17 @@ class Journal:
             except BaseException:
                 self._rollback()  # disk full at commit: leave no transaction open behind
                 raise
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writers of every process (the station's receivers) take turns on a file lock:
+        a blocked ``flock`` wakes as soon as it is free, where SQLite's busy handler
+        sleeps 1, 2, 5, 10 ms... between tries."""
+        fcntl.flock(self._writer, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer, fcntl.LOCK_UN)
 
     def _rollback(self) -> None:
         """Roll back what is still open. SQLite may have rolled back by itself (disk full,
