@@ -4,9 +4,9 @@ It runs in each receiver process (station/receive/worker.py) on listening socket
 parent bound. One thread per connection, blocking reads on its socket; the accept loop only
 accepts and counts (station/receive/connections.py), so neither a TLS handshake nor a slow request
 holds it up. Negotiation follows station/receive/negotiation.py. The data set of a C-STORE
-is written to a file under the spool's ``tmp`` folder as its fragments arrive, behind a
-File Meta Information header built from the request (never decoded, memory stays flat).
-The file is then checked (UIDs, completeness), moved into the spool, fsynced and journaled,
+is written into a spool file created ahead as its fragments arrive, behind a File Meta
+Information header built from the request (never decoded, memory stays flat), and
+fdatasynced as it is closed. The file is then checked (UIDs, completeness) and journaled,
 and only then answered 0x0000. Failures get their own status and an error comment: 0xA700
 when the disk is short, 0xC210 when the data set cannot be understood (not DICOM, a missing
 or invalid UID, truncated), 0xA900 when the data set's SOP Instance UID differs from the
@@ -320,7 +320,7 @@ class StoreSCP:
         try:
             sink.write(file_meta(sop_class, commanded, syntax, calling))
             channel.receive_dataset(context_id, sink.write)
-            sink.close()
+            sink.close(durable=True)  # synced through its own descriptor: no second open
         except BaseException as exc:
             sink.discard()
             self.intake.spool.remove(incoming)
@@ -371,7 +371,7 @@ class StoreSCP:
                     f"data set SOP Instance UID {header.sop_uid} differs from the C-STORE "
                     f"request's {commanded}",
                 )
-            self.intake.take(incoming, header, origin)
+            self.intake.take(incoming, header, origin, durable=True)
         except RejectedInstance as exc:
             return self._refused(exc, origin, fields)
         except OSError as exc:

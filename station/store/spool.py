@@ -251,9 +251,13 @@ class IncomingFile:
             except OSError as exc:
                 self.error = exc
 
-    def close(self) -> None:
-        """Flush and close; a failing flush is remembered like a failing write."""
+    def close(self, durable: bool = False) -> None:
+        """Flush and close (``durable``: fdatasync first, through the same descriptor, as
+        ``Spool.commit`` would); a failing flush or sync is remembered like a failing write."""
         try:
+            if durable and self.error is None:
+                self._fh.flush()
+                os.fdatasync(self._fh.fileno())
             self._fh.close()
         except OSError as exc:
             self.error = self.error or exc
