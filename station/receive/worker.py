@@ -75,6 +75,7 @@ def die_with(parent: int) -> None:
 def main(argv: Sequence[str]) -> int:
     spec = WorkerSpec.decode(argv[0])
     die_with(spec.parent)
+    os.umask(0o077)  # all it writes (spool, metrics files) is the station's own: owner only
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

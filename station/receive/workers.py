@@ -36,6 +36,7 @@ from station.ops.logs import logging_in_force
 from station.ops.metrics import Metrics
 from station.receive.board import Board, slots_for
 from station.receive.worker import WorkerSpec
+from station.store.spool import make_folder
 
 log = logging.getLogger(__name__)
 READY_SECONDS = 60.0  # for a receiver to start accepting
@@ -84,7 +85,7 @@ class Receivers:
             self.tls_server = socket.create_server((listen.host, listen.tls.port), backlog=128)
             self.tls_port = self.tls_server.getsockname()[1]
         shutil.rmtree(self.run, ignore_errors=True)
-        (self.run / "metrics").mkdir(parents=True, mode=0o700)
+        make_folder(self.run / "metrics")
         self.board = Board(slots_for(listen), self.run / "connections")
         self.metrics.add_processes(self.run / "metrics")
         self._thread.start()
