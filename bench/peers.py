@@ -136,6 +136,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a running process and of its descendants (the station's receiver
+    processes), each with its reaped children."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in descendants(pid))
+
+
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (from the parent links in /proc/*/stat)."""
     children: dict[int, list[int]] = {}
@@ -427,10 +433,12 @@ def start_station(
 
 
 def start_profiler(procs: Processes, target: Proc, output: Path, gil: bool = False) -> Proc:
-    """py-spy sampling ``target`` into collapsed stacks (one line per stack: frames; count),
-    all threads, idle ones left out (``gil``: only the thread holding the GIL); it writes
-    ``output`` on SIGINT or when the target ends."""
-    args = ["py-spy", "record", "--pid", str(target.pid), "--rate", "250", "--format", "raw"]
+    """py-spy sampling ``target`` and its subprocesses (the station's receivers) into
+    collapsed stacks (one line per stack: frames; count), all threads, idle ones left out
+    (``gil``: only the thread holding the GIL); it writes ``output`` on SIGINT or when the
+    target ends."""
+    args = ["py-spy", "record", "--pid", str(target.pid), "--subprocesses", "--rate", "250"]
+    args += ["--format", "raw"]
     args += ["--gil"] if gil else []
     return procs.start(
         f"py-spy-{target.name}", [*args, "-o", str(output)], stop_signal=signal.SIGINT

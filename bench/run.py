@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """The station against DCMTK and Orthanc, side by side, on 127.0.0.1, in one run.
 
-    python3 bench/run.py [--smoke] [--corpus ct,small,series5000,series50]
-                         [--scenario ...] [--repeat N] [--senders N] [--json out.json]
+    python3 bench/run.py [--smoke] [--corpus small,ct,series5000,series50]
+                         [--scenario ...] [--repeat N] [--senders 1,4,8] [--json out.json]
+
+Without options it prints the default table: the small and ct corpora sent by 1, 4 and 8
+storescu at once, through DCMTK's store-and-forward, the station and Orthanc.
 
 For each corpus (generated with pydicom into a cache, see corpus.py) it runs:
 
@@ -24,8 +27,9 @@ For each corpus (generated with pydicom into a cache, see corpus.py) it runs:
 
 Relay times run from the first byte sent (storescu started) until the last file exists at
 the final storescp. Peak RSS is the relay's (VmHWM; for DCMTK's store-and-forward storescp
-plus the storescu it forks, sampled; for the limit and the receive leg the receiver's; for
-the send legs the sender's). Ratios compare with DCMTK's store-and-forward on the same
+plus the storescu it forks, and for the station its process plus its receiver processes,
+summed and sampled; for the limit the receiver's; for ``station-cli`` the sender's); CPU
+likewise. Ratios compare with DCMTK's store-and-forward on the same
 corpus: speed = its wall time / this wall time (>= 0.5 is the station's target), RSS = this
 peak / its peak.
 
@@ -74,6 +78,7 @@ from peers import (
     start_station,
     start_storescp,
     storescu_args,
+    tree_cpu_seconds,
 )
 
 SCENARIOS = (
@@ -87,6 +92,10 @@ SCENARIOS = (
     "station-transcode",
 )
 BASELINE = "dcmtk-sf"
+# The default table: several senders at once, against DCMTK's store-and-forward and Orthanc.
+DEFAULT_CORPORA = "small,ct"
+DEFAULT_SCENARIOS = "dcmtk-sf,station,orthanc"
+DEFAULT_SENDERS = "1,4,8"
 MIB = 1024 * 1024
 
 
@@ -96,6 +105,7 @@ class Row:
     scenario: str
     instances: int
     bytes: int
+    senders: int = 1
     wall_s: float = 0.0
     arrived: int = 0
     peak_rss_bytes: int = 0
@@ -346,14 +356,15 @@ def run_station(corpus: Corpus, work: Path, procs: Processes, opts: Options) -> 
     config = station_config(work, work / "data", final_port, 1, opts)
     station, port = start_station(procs, "station", config, opts.station, station_env(opts))
     profile(procs, station, corpus, opts)
-    cpu = cpu_seconds(station.pid)
-    t0, scus = send(procs, corpus, port, "STATION", opts.senders)
-    t1, arrived, exited = await_files(out, corpus.count, opts, [station], scus)
-    extra = {
-        "acknowledged_s": max(exited.get(scu.name, t1) for scu in scus) - t0,
-        "cpu_s": cpu_seconds(station.pid) - cpu,
-    }
-    return [Outcome(t1 - t0, arrived, peak_rss(station.pid), "station", extra)]
+    cpu = tree_cpu_seconds(station.pid)
+    with TreeSampler(station.pid) as sampler:
+        t0, scus = send(procs, corpus, port, "STATION", opts.senders)
+        t1, arrived, exited = await_files(out, corpus.count, opts, [station], scus)
+        extra = {
+            "acknowledged_s": max(exited.get(scu.name, t1) for scu in scus) - t0,
+            "cpu_s": tree_cpu_seconds(station.pid) - cpu,
+        }
+    return [Outcome(t1 - t0, arrived, sampler.peak, "station + receivers", extra)]
 
 
 def run_station_legs(corpus: Corpus, work: Path, procs: Processes, opts: Options) -> list[Outcome]:
@@ -366,14 +377,14 @@ def run_station_legs(corpus: Corpus, work: Path, procs: Processes, opts: Options
             procs, "station-recv", config, opts.station, station_env(opts)
         )
         profile(procs, receiver, corpus, opts)
-        cpu = cpu_seconds(receiver.pid)
-        t0, scus = send(procs, corpus, port, "STATION", opts.senders)
-        wait_all(scus, opts.timeout)
-        t1 = time.monotonic()
-        cpu = cpu_seconds(receiver.pid) - cpu
+        cpu = tree_cpu_seconds(receiver.pid)
+        with TreeSampler(receiver.pid) as sampler:
+            t0, scus = send(procs, corpus, port, "STATION", opts.senders)
+            wait_all(scus, opts.timeout)
+            t1 = time.monotonic()
+            cpu = tree_cpu_seconds(receiver.pid) - cpu
         spooled = count_tree(storage / "spool")
-        rss = peak_rss(receiver.pid)
-        recv = Outcome(t1 - t0, spooled, rss, "station (receiver)", {"cpu_s": cpu})
+        recv = Outcome(t1 - t0, spooled, sampler.peak, "station + receivers", {"cpu_s": cpu})
         receiver.stop()
     if receiver.popen.returncode != 0:
         raise BenchError(f"station exited with {receiver.popen.returncode}: {tail(receiver)}")
@@ -385,11 +396,12 @@ def run_station_legs(corpus: Corpus, work: Path, procs: Processes, opts: Options
     started = time.monotonic()
     sender, _port = start_station(procs, "station-send", config, opts.station, station_env(opts))
     ready = time.monotonic()
-    cpu = cpu_seconds(sender.pid)
+    cpu = tree_cpu_seconds(sender.pid)
     profile(procs, sender, corpus, opts)
-    t2, arrived, _ = await_files(out, corpus.count, opts, [sender])
-    extra = {"startup_s": ready - started, "cpu_s": cpu_seconds(sender.pid) - cpu}
-    sent = Outcome(t2 - ready, arrived, peak_rss(sender.pid), "station (sender)", extra)
+    with TreeSampler(sender.pid) as sampler:
+        t2, arrived, _ = await_files(out, corpus.count, opts, [sender])
+        extra = {"startup_s": ready - started, "cpu_s": tree_cpu_seconds(sender.pid) - cpu}
+    sent = Outcome(t2 - ready, arrived, sampler.peak, "station + receivers", extra)
     return [recv, sent]
 
 
@@ -498,7 +510,7 @@ def measure(
                     )
                 )
     rows = {
-        (c.spec.name, n): Row(c.spec.name, n, c.count, c.total_bytes)
+        (c.spec.name, n): Row(c.spec.name, n, c.count, c.total_bytes, opts.senders)
         for c, _key, names, _runner, _opts in plan
         for n in names
         if n.split("+")[0] in scenarios
@@ -524,6 +536,7 @@ def measure(
                     outcomes[name, scenario].append(outcome)
                     print(
                         f"  run {attempt}/{repeat} {name:<11} {scenario:<24} "
+                        f"x{opts.senders:<2} "
                         f"{outcome.wall_s:7.2f} s  (others {outcome.other_cores:.2f} cores)",
                         file=sys.stderr,
                         flush=True,
@@ -560,18 +573,20 @@ def calibrate() -> float:
 
 def header(width: int = 13) -> str:
     return (
-        f"{'corpus':<11} {'scenario':<{width}} {'wall s':>7} {'inst/s':>7} {'MB/s':>7} "
+        f"{'corpus':<11} {'scenario':<{width}} {'senders':>7} {'wall s':>7} {'inst/s':>7} "
+        f"{'MB/s':>7} "
         f"{'RSS MiB':>8} {'CPU s':>6} {'speed/SF':>8} {'RSS/SF':>7} {'arrived':>11} {'others':>6}"
     )
 
 
 def format_row(row: Row, width: int = 13) -> str:
     if row.error and not row.wall_s:
-        return f"{row.corpus:<11} {row.scenario:<{width}} FAILED: {row.error}"
+        return f"{row.corpus:<11} {row.scenario:<{width}} {row.senders:7d} FAILED: {row.error}"
     speed = f"{row.speed_vs_sf:.2f}" if row.speed_vs_sf is not None else "-"
     rss = f"{row.rss_vs_sf:.2f}" if row.rss_vs_sf is not None else "-"
     return (
-        f"{row.corpus:<11} {row.scenario:<{width}} {row.wall_s:7.2f} {row.instances_per_s:7.0f} "
+        f"{row.corpus:<11} {row.scenario:<{width}} {row.senders:7d} {row.wall_s:7.2f} "
+        f"{row.instances_per_s:7.0f} "
         f"{row.mb_per_s:7.1f} {row.peak_rss_bytes / MIB:8.1f} {row.extra.get('cpu_s', 0):6.1f} "
         f"{speed:>8} {rss:>7} "
         f"{row.arrived:>5}/{row.instances:<5} {row.other_cores:6.2f}"
@@ -600,9 +615,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few instances per corpus")
     parser.add_argument(
-        "--corpus", default="ct,small,series5000,series50", help="default: %(default)s"
+        "--corpus",
+        help=f"default: {DEFAULT_CORPORA} ({','.join(SMOKE)} with --smoke)",
     )
-    parser.add_argument("--scenario", default=",".join(SCENARIOS), help="default: %(default)s")
+    parser.add_argument(
+        "--scenario",
+        help=f"default: {DEFAULT_SCENARIOS} (all with --smoke: {','.join(SCENARIOS)})",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (median)")
     parser.add_argument(
         "--variants",
@@ -629,10 +648,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, help="seconds per scenario run")
     parser.add_argument(
         "--senders",
-        type=int,
-        default=1,
-        metavar="N",
-        help="storescu associations sending at once, each a contiguous share of the corpus",
+        metavar="N,N",
+        help="storescu associations sending at once, each a contiguous share of the corpus; "
+        f"one table row per number (default: {DEFAULT_SENDERS}, 1 with --smoke)",
     )
     parser.add_argument(
         "--profile",
@@ -671,8 +689,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     specs = SMOKE if args.smoke else FULL
-    names = [n.strip() for n in args.corpus.split(",") if n.strip()]
-    scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
+    corpus_list = args.corpus or (",".join(SMOKE) if args.smoke else DEFAULT_CORPORA)
+    names = [n.strip() for n in corpus_list.split(",") if n.strip()]
+    scenario_list = args.scenario or (",".join(SCENARIOS) if args.smoke else DEFAULT_SCENARIOS)
+    scenarios = [s.strip() for s in scenario_list.split(",") if s.strip()]
+    senders = [
+        max(1, int(n))
+        for n in (args.senders or ("1" if args.smoke else DEFAULT_SENDERS)).split(",")
+    ]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in specs] + [s for s in scenarios if s not in SCENARIOS]
     unknown += [v for v in variants if v not in VARIANTS]
@@ -710,7 +734,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_gil=args.profile_gil,
         settle=args.settle,
         smoke=args.smoke,
-        senders=max(1, args.senders),
     )
     load = os.getloadavg()
     speed = [calibrate()]
@@ -720,9 +743,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     try:
-        rows = measure(
-            corpora, scenarios, opts, max(1, args.repeat), args.keep, variants, args.python
-        )
+        rows = [
+            row
+            for n in senders
+            for row in measure(
+                corpora,
+                scenarios,
+                replace(opts, senders=n),
+                max(1, args.repeat),
+                args.keep,
+                variants,
+                args.python,
+            )
+        ]
     finally:
         if not args.workdir and not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -734,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "smoke": args.smoke,
         "cpus": os.cpu_count(),
-        "senders": opts.senders,
+        "senders": senders,
         "load_before": load,
         "load_after": os.getloadavg(),
         "calibration_s": speed,

@@ -54,5 +54,5 @@ def test_benchmark_smoke_runs_every_scenario(tmp_path: Path) -> None:
         assert row["rss_vs_sf"] is not None and row["rss_vs_sf"] > 0, where
     # The printed table carries the same rows.
     table = result.stdout.splitlines()
-    assert table[0].split()[:3] == ["corpus", "scenario", "wall"]
+    assert table[0].split()[:4] == ["corpus", "scenario", "senders", "wall"]
     assert len(table) == 1 + len(rows)

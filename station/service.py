@@ -29,7 +29,7 @@ from station.ops.preflight import bind_problem, storage_problem
 from station.receive.folder import DropFolders
 from station.receive.ingest import Ingestor
 from station.receive.intake import Intake
-from station.receive.scp import StoreSCP
+from station.receive.workers import ReceiverFailed, Receivers
 from station.routing.plugins import Plugins
 from station.routing.router import Router
 from station.routing.routes import Route, check_references, load_routes
@@ -186,7 +186,7 @@ class Station:
             on_closed=self.metrics.series_completed.inc,
         )
         intake = Intake(self.spool, self.journal, self.metrics)
-        self.scp = StoreSCP(config.ae_title, config.listen, intake)
+        self.receivers = Receivers(config, self.metrics, storage / "run", SCP_DRAIN_SECONDS)
         self.ingestor = Ingestor(intake, config.ae_title)
         self.drop_folders = DropFolders(config.watch, self.ingestor)
         self.http: MetricsServer | None = None
@@ -255,10 +255,12 @@ class Station:
     def start(self) -> None:
         self.remove_unacknowledged()
         try:  # first: a port in use stops the start before any worker runs
-            self.scp.start()
+            self.receivers.start()
         except OSError as exc:
             listen = self.config.listen
             raise ConfigError(bind_problem("listen.port", listen.host, listen.port, exc)) from exc
+        except ReceiverFailed as exc:
+            raise ConfigError(f"cannot start the receivers: {exc}") from exc
         if self.http:
             self.http.start()
         self.dispatcher.start()
@@ -279,7 +281,7 @@ class Station:
         self._stop.set()
         if self.config.watch:
             self.drop_folders.stop(DROP_FOLDER_STOP_SECONDS)
-        self.scp.stop(SCP_DRAIN_SECONDS)
+        self.receivers.stop(SCP_DRAIN_SECONDS)
         self.assembler.stop()
         routing = self.routing.stop(ROUTING_STOP_SECONDS)
         sending = self.dispatcher.stop(max(0.0, deadline - time.monotonic()))
@@ -298,8 +300,11 @@ class Station:
 
     def stalled(self, max_age: float) -> str | None:
         """What has stopped working, for the systemd watchdog: series assembly not turning
-        for ``max_age`` seconds, or a routing or dispatch worker that ended; None when all
-        is well."""
+        for ``max_age`` seconds, or a routing or dispatch worker or a receiver process that
+        ended for good; None when all is well."""
+        problem = self.receivers.ended()
+        if problem:
+            return problem
         idle = self.assembler.idle_for()
         if idle > max_age:
             return f"series assembly has not turned for {idle:.0f} s"
@@ -314,16 +319,17 @@ class Station:
         """One line for systemd's STATUS=: what listens, what is in progress and queued."""
         counts = self.journal.queue_counts()
         queued = sum(n for (_, state), n in counts.items() if state == DeliveryState.PENDING)
-        dead = sum(n for (_, state), n in counts.items() if state == "dead_letter")
-        associations = self.metrics.registry.get_sample_value("station_associations_active")
+        dead = sum(n for (_, state), n in counts.items() if state == DeliveryState.DEAD_LETTER)
+        associations = self.metrics.value("station_associations_active")
         return (
-            f"SCP {self.config.ae_title} on port {self.scp.port}; {associations:.0f} associations;"
+            f"SCP {self.config.ae_title} on port {self.receivers.port};"
+            f" {associations:.0f} associations;"
             f" {queued} series queued; {dead} dead letters"
         )
 
     def health(self) -> dict[str, Any]:
-        ok = self.started and not self._stop.is_set() and self.scp.server is not None
-        return {"ok": ok, "ae_title": self.config.ae_title, "dicom_port": self.scp.port}
+        ok = self.started and not self._stop.is_set() and self.receivers.alive()
+        return {"ok": ok, "ae_title": self.config.ae_title, "dicom_port": self.receivers.port}
 
     def update_gauges(self) -> None:
         counts = self.journal.queue_counts()

@@ -278,14 +278,15 @@ def test_bad_input_is_refused_and_the_service_keeps_serving(tmp_path, pacs, star
     assert station.metric(received, source="scp", calling_ae="PYNETDICOM") == 1
 
     # Nothing was written outside the spool: only the journal, the storage's lock, the
-    # accepted instance in a spool file (spool/<folder>/<n>.dcm) and the empty spool files
-    # created ahead.
+    # receivers' own files under run/ (metrics, connection board), the accepted instance in
+    # a spool file (spool/<folder>/<n>.dcm) and the empty spool files created ahead.
     written = {p.relative_to(storage) for p in storage.rglob("*") if p.is_file()}
     spooled = {p for p in written if p.parts[0] == "spool"}
     assert {str(dcmread(p).SOPInstanceUID) for p in station.spooled()} == expected
     assert all(len(p.parts) == 3 for p in spooled)
     others = {p for p in written - spooled if not p.name.startswith("journal.sqlite")}
-    assert others == {Path("station.lock")}
+    assert {p for p in others if p.parts[0] != "run"} == {Path("station.lock")}
+    assert {p.parent for p in others if p.parts[0] == "run"} == {Path("run"), Path("run/metrics")}
     assert not (tmp_path / "outside").exists() and not (station.workdir / "etc").exists()
 
 

@@ -87,9 +87,10 @@ def run(
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     say(f"station {__version__} ({settings.source or 'built-in defaults'})")
-    say(f"DICOM SCP {settings.ae_title} listening on {settings.listen.host}:{station.scp.port}")
-    if station.scp.tls_port is not None:
-        say(f"DICOM over TLS (BCP 195) on {settings.listen.host}:{station.scp.tls_port}")
+    receivers = station.receivers
+    say(f"DICOM SCP {settings.ae_title} listening on {settings.listen.host}:{receivers.port}")
+    if receivers.tls_port is not None:
+        say(f"DICOM over TLS (BCP 195) on {settings.listen.host}:{receivers.tls_port}")
     if station.http:
         say(f"metrics on http://{settings.metrics.host}:{station.http.port}/metrics")
     say(f"storage {settings.storage.path}")

@@ -6,6 +6,7 @@ these models (``python -m station.config.reference``).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,6 +126,13 @@ class ListenConfig(Model):
         4_194_304, ge=0, description="the largest P-DATA-TF announced (0: no limit)"
     )
     tls: ListenTlsConfig | None = Field(None, description="a second listener, over TLS")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="receiver processes accepting on the port(s), each spooling and answering "
+        "C-STOREs itself; the limits above hold across all of them (default: one per core)",
+    )
 
     @field_validator("peers", mode="before")
     @classmethod

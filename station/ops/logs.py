@@ -55,3 +55,11 @@ def setup_logging(level: str, log_format: LogFormat) -> None:
         JsonFormatter() if log_format is LogFormat.json else logging.Formatter(HUMAN_FORMAT)
     )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def logging_in_force() -> tuple[str, LogFormat]:
+    """The level and format ``setup_logging`` was given (for processes started from here)."""
+    root = logging.getLogger()
+    formats = [h.formatter for h in root.handlers]
+    json_format = any(isinstance(f, JsonFormatter) for f in formats)
+    return logging.getLevelName(root.level), LogFormat.json if json_format else LogFormat.human

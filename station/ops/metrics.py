@@ -3,19 +3,39 @@
 One ``Metrics`` object per service owns its own ``CollectorRegistry``; tests read values
 back with ``metrics.registry.get_sample_value(...)``. Labels come from bounded sets only:
 destination names, hook and plugin names, outcome enums, configured AE titles.
+
+The receiver processes keep their values in files (prometheus-client's multiprocess mode,
+``record_in_files``); the service adds them to its own (``add_processes``): ``exposed`` is
+what /metrics serves, every sample summed over the processes. Gauges are summed over the
+live processes only (``livesum``), so each process sets its own share (its associations).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
+from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    make_wsgi_app,
+    values,
+)
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from station import __version__
 
@@ -65,14 +85,55 @@ INPUT_REASONS = (
 )
 # What a quarantine item holds (station.store.quarantine).
 QUARANTINE_KINDS = ("file", "zip", "member", "link", "series")
+# Gauges of several processes add up, the dead ones' dropped (see the module's docstring).
+LIVE: dict[str, Any] = {"multiprocess_mode": "livesum"}
 MAX_CALLING_AES = 64  # bounds the calling_ae label when no allow-list is configured
 DISPATCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 LATENCY_BUCKETS = (1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 
+def record_in_files(directory: Path) -> None:
+    """In a receiver process, before its ``Metrics`` is made: keep every value in files
+    under ``directory`` (prometheus-client reads it from PROMETHEUS_MULTIPROC_DIR)."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+class _Summed(Collector):
+    """This process's metrics plus those the receiver processes keep in files, each
+    sample summed over the processes (a family only they have is shown as they give it)."""
+
+    def __init__(self, registry: CollectorRegistry, directory: Path) -> None:
+        self.registry = registry
+        self.files = MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        totals: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+        theirs: Iterable[Metric] = self.files.collect()  # type: ignore[no-untyped-call]
+        for family in [*self.registry.collect(), *theirs]:
+            if family.name not in families:
+                families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+                totals[family.name] = {}
+            summed = totals[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                before = summed.get(key)
+                summed[key] = (
+                    sample if before is None else before._replace(value=before.value + sample.value)
+                )
+        for name, family in families.items():
+            family.samples = list(totals[name].values())
+            yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.exposed = self.registry  # what /metrics serves (see add_processes)
+        self._files: Path | None = None
         r = self.registry
         self.instances_received = Counter(
             "station_instances_received_total",
@@ -138,12 +199,14 @@ class Metrics:
             "station_queue_series",
             "Series batches waiting for dispatch.",
             ["destination"],
+            **LIVE,
             registry=r,
         )
         self.dead_letter_series = Gauge(
             "station_dead_letter_series",
             "Series batches in the dead letter.",
             ["destination"],
+            **LIVE,
             registry=r,
         )
         self.hook_duration = Histogram(
@@ -167,23 +230,31 @@ class Metrics:
             "station_quarantine_items",
             "Items held in quarantine, by kind (file, zip, member, link, series).",
             ["kind"],
+            **LIVE,
             registry=r,
         )
         self.spool_bytes = Gauge(
-            "station_spool_bytes", "Bytes of instance files in the spool.", registry=r
+            "station_spool_bytes", "Bytes of instance files in the spool.", **LIVE, registry=r
         )
         # Beyond DESIGN.md's list: with these an alert sees the disk filling up before the
         # station starts refusing (at station_spool_min_free_bytes).
         self.spool_free_bytes = Gauge(
-            "station_spool_free_bytes", "Free bytes on the spool's file system.", registry=r
+            "station_spool_free_bytes",
+            "Free bytes on the spool's file system.",
+            **LIVE,
+            registry=r,
         )
         self.spool_min_free_bytes = Gauge(
             "station_spool_min_free_bytes",
             "storage.min_free_bytes: below this much free space new instances are refused.",
+            **LIVE,
             registry=r,
         )
         self.associations_active = Gauge(
-            "station_associations_active", "DICOM associations in progress (inbound).", registry=r
+            "station_associations_active",
+            "DICOM associations in progress (inbound).",
+            **LIVE,
+            registry=r,
         )
         # Beyond DESIGN.md's list: who is turned away at the door, and why.
         self.associations_rejected = Counter(
@@ -212,6 +283,22 @@ class Metrics:
         for reason in CONNECTION_CLOSE_REASONS:
             self.connections_closed.labels(reason).inc(0)
         self._calling_aes: set[str] = set()
+
+    def add_processes(self, directory: Path) -> None:
+        """Serve the values receiver processes keep in ``directory`` too, summed with this
+        process's own."""
+        self._files = directory
+        self.exposed = CollectorRegistry()
+        self.exposed.register(_Summed(self.registry, directory))
+
+    def process_ended(self, pid: int) -> None:
+        """Drop the gauges of a receiver process that has ended (its counts stay)."""
+        if self._files is not None:
+            mark_process_dead(pid, str(self._files))  # type: ignore[no-untyped-call]
+
+    def value(self, name: str) -> float:
+        """One unlabelled sample as /metrics shows it (summed over the processes)."""
+        return self.exposed.get_sample_value(name) or 0.0
 
     def calling_ae_label(self, ae_title: str) -> str:
         """The AE title as a label value, or ``other`` past MAX_CALLING_AES distinct ones."""
@@ -249,7 +336,7 @@ class MetricsServer:
     def __init__(
         self, metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, object]]
     ) -> None:
-        exposition = make_wsgi_app(metrics.registry)
+        exposition = make_wsgi_app(metrics.exposed)
 
         def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")

@@ -31,16 +31,22 @@ class Intake:
         self.metrics = metrics
 
     def take(
-        self, incoming: Path, header: Header, origin: Origin, dropped: Dropped | None = None
+        self,
+        incoming: Path,
+        header: Header,
+        origin: Origin,
+        dropped: Dropped | None = None,
+        durable: bool = False,
     ) -> Path:
-        """Make ``incoming`` (a file claimed from the spool, written whole) durable and
-        journal it; when this returns, the instance may be acknowledged. ``dropped`` names
-        the drop-folder file it came from, remembered in the same transaction. When the
-        disk is full (or fails) at either step, the file is removed and RejectedInstance
-        (0xA700) raised."""
+        """Make ``incoming`` (a file claimed from the spool, written whole) durable (unless
+        its writer did: ``durable``) and journal it; when this returns, the instance may be
+        acknowledged. ``dropped`` names the drop-folder file it came from, remembered in the
+        same transaction. When the disk is full (or fails) at either step, the file is
+        removed and RejectedInstance (0xA700) raised."""
         size = incoming.stat().st_size
         try:
-            self.spool.commit(incoming)
+            if not durable:
+                self.spool.commit(incoming)
         except OSError as exc:
             raise self.spool.refuse(incoming, exc, "make the spool file durable") from exc
         stored = incoming

@@ -1,11 +1,12 @@
 """The C-STORE SCP: makes each received instance durable, then answers, and nothing more.
 
-One thread per connection, blocking reads on its socket; the accept loop only accepts and
-counts (station/receive/connections.py), so neither a TLS handshake nor a slow request
+It runs in each receiver process (station/receive/worker.py) on listening sockets the
+parent bound. One thread per connection, blocking reads on its socket; the accept loop only
+accepts and counts (station/receive/connections.py), so neither a TLS handshake nor a slow request
 holds it up. Negotiation follows station/receive/negotiation.py. The data set of a C-STORE
-is written to a file under the spool's ``tmp`` folder as its fragments arrive, behind a
-File Meta Information header built from the request (never decoded, memory stays flat).
-The file is then checked (UIDs, completeness), moved into the spool, fsynced and journaled,
+is written into a spool file created ahead as its fragments arrive, behind a File Meta
+Information header built from the request (never decoded, memory stays flat), and
+fdatasynced as it is closed. The file is then checked (UIDs, completeness) and journaled,
 and only then answered 0x0000. Failures get their own status and an error comment: 0xA700
 when the disk is short, 0xC210 when the data set cannot be understood (not DICOM, a missing
 or invalid UID, truncated), 0xA900 when the data set's SOP Instance UID differs from the
@@ -60,6 +61,7 @@ from station.dicom.tls import server_context
 from station.errors import RejectedInstance
 from station.ops.logs import series_fields
 from station.ops.metrics import Metrics
+from station.receive.board import Board
 from station.receive.connections import Connection, Connections
 from station.receive.intake import Intake, Origin
 from station.receive.negotiation import Policy, Refusal, sop_class_mismatch
@@ -69,13 +71,15 @@ log = logging.getLogger(__name__)
 
 
 class StoreSCP:
-    def __init__(self, ae_title: str, listen: ListenConfig, intake: Intake) -> None:
+    def __init__(
+        self, ae_title: str, listen: ListenConfig, intake: Intake, board: Board | None = None
+    ) -> None:
         self.ae_title = ae_title
         self.listen = listen
         self.intake = intake
         self.metrics: Metrics = intake.metrics
         self.policy = Policy(ae_title, listen)
-        self.connections = Connections(listen)
+        self.connections = Connections(listen, board)
         self.tls = (
             server_context(
                 listen.tls.certificate,
@@ -88,23 +92,17 @@ class StoreSCP:
         )
         self.server: socket.socket | None = None
         self.tls_server: socket.socket | None = None
-        self.port = listen.port
-        self.tls_port = listen.tls.port if listen.tls is not None else None
 
-    def start(self) -> None:
-        self.server = self._listen(self.listen.port, None)
-        self.port = self.server.getsockname()[1]
-        if self.listen.tls is not None:
-            self.tls_server = self._listen(self.listen.tls.port, self.tls)
-            self.tls_port = self.tls_server.getsockname()[1]
-
-    def _listen(self, port: int, tls: ssl.SSLContext | None) -> socket.socket:
-        server = socket.create_server((self.listen.host, port), backlog=128)
-        name = "scp-accept-tls" if tls else "scp-accept"
-        threading.Thread(
-            target=self._accept_loop, args=(server, tls), name=name, daemon=True
-        ).start()
-        return server
+    def serve(self, server: socket.socket, tls_server: socket.socket | None = None) -> None:
+        """Accept associations on listening sockets (bound by the parent process, shared
+        with the other receivers), each on its own thread; ``tls_server`` speaks TLS."""
+        self.server, self.tls_server = server, tls_server
+        for listener, tls in ((server, None), (tls_server, self.tls)):
+            if listener is not None:
+                name = "scp-accept-tls" if tls else "scp-accept"
+                threading.Thread(
+                    target=self._accept_loop, args=(listener, tls), name=name, daemon=True
+                ).start()
 
     def stop(self, drain_seconds: float = 20) -> None:
         """Take no new associations; let those in progress finish, then abort the rest."""
@@ -322,7 +320,7 @@ class StoreSCP:
         try:
             sink.write(file_meta(sop_class, commanded, syntax, calling))
             channel.receive_dataset(context_id, sink.write)
-            sink.close()
+            sink.close(durable=True)  # synced through its own descriptor: no second open
         except BaseException as exc:
             sink.discard()
             self.intake.spool.remove(incoming)
@@ -373,7 +371,7 @@ class StoreSCP:
                     f"data set SOP Instance UID {header.sop_uid} differs from the C-STORE "
                     f"request's {commanded}",
                 )
-            self.intake.take(incoming, header, origin)
+            self.intake.take(incoming, header, origin, durable=True)
         except RejectedInstance as exc:
             return self._refused(exc, origin, fields)
         except OSError as exc:

@@ -6,6 +6,8 @@ Layout under the storage path::
     journal.sqlite           the state (see station.store.journal): which file holds which instance
     quarantine/              input refused as a whole (drop-folder files, zip members)
     station.lock             held by the running station (see lock.py)
+    run/                     the receiver processes' metrics and connection board (emptied
+                             at every start; station/receive/workers.py)
 
 All of it is PHI: folders are created 0700 and files 0600, whatever the umask; the spool
 and quarantine folders are made so at every start (an older station made them 0755).
@@ -249,9 +251,13 @@ class IncomingFile:
             except OSError as exc:
                 self.error = exc
 
-    def close(self) -> None:
-        """Flush and close; a failing flush is remembered like a failing write."""
+    def close(self, durable: bool = False) -> None:
+        """Flush and close (``durable``: fdatasync first, through the same descriptor, as
+        ``Spool.commit`` would); a failing flush or sync is remembered like a failing write."""
         try:
+            if durable and self.error is None:
+                self._fh.flush()
+                os.fdatasync(self._fh.fileno())
             self._fh.close()
         except OSError as exc:
             self.error = self.error or exc

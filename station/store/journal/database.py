@@ -4,6 +4,7 @@ way to write (``_transaction``). The journal's other modules build on this class
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -33,6 +34,10 @@ class Database:
         self._lock = threading.RLock()
         self.fresh = False  # whether opening found no tables (a new or emptied journal)
         _create_private(path)
+        # Writers of every process (the station's receivers) take turns on this file lock.
+        self._writer = os.open(
+            path.with_name(path.name + "-writer"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+        )
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         try:
@@ -42,10 +47,10 @@ class Database:
             with self._lock:
                 self.fresh = schema.upgrade(self._db, path, migrate)
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self.close()
             raise JournalError(f"journal {path} cannot be read: {exc}") from exc
         except JournalError:
-            self._db.close()
+            self.close()
             raise
 
     def version(self) -> int:
@@ -64,10 +69,11 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            os.close(self._writer)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -79,6 +85,17 @@ class Database:
             except BaseException:
                 schema.rollback(self._db)  # disk full at commit: leave no transaction open
                 raise
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writers of every process take turns on a file lock: a blocked ``flock`` wakes as
+        soon as it is free, where SQLite's busy handler sleeps 1, 2, 5, 10 ms... between
+        tries."""
+        fcntl.flock(self._writer, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer, fcntl.LOCK_UN)
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Read rows, for the journal's own read methods."""
