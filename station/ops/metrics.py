@@ -336,12 +336,12 @@ class MetricsServer:
     def __init__(
         self, metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, object]]
     ) -> None:
-        exposition = make_wsgi_app(metrics.exposed)
-
         def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
             if path == "/metrics":
-                body: Iterable[bytes] = exposition(environ, start_response)
+                # metrics.exposed is read per request: the receivers' files join it once
+                # they run (add_processes), after this server was made.
+                body: Iterable[bytes] = make_wsgi_app(metrics.exposed)(environ, start_response)
                 return body
             if path == "/healthz":
                 state = health()
