@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from station.config.values import AETitle, Mode, Model, SyntaxPreference
-from station.dicom.transcode import DEFAULT_PREFERENCES
+from station.dicom.uids import DEFAULT_PREFERENCES
 
 
 class RetryConfig(Model):

@@ -43,10 +43,8 @@ from pydicom.uid import (
 )
 from pydicom.uid import JPEGLossless as JPEGLosslessP14
 
-from station.dicom.uids import uid_name
+from station.dicom.uids import DEFAULT_PREFERENCES, STORED, uid_name
 
-STORED = "stored"  # in a preference list: the syntax the instance was received in
-DEFAULT_PREFERENCES = (STORED, ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # Written by pydicom's data set writer, no pixel codec needed.
 NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 LOSSLESS = frozenset(

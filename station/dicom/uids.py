@@ -1,8 +1,12 @@
-"""UIDs in words, for status, trace, logs and error messages: pydicom's UID dictionary."""
+"""UIDs in words, for status, trace, logs and error messages: pydicom's UID dictionary; and
+transfer syntaxes as a destination's config names them."""
 
 from __future__ import annotations
 
-from pydicom.uid import UID, AllTransferSyntaxes
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+STORED = "stored"  # in a preference list: the syntax the instance was received in
+DEFAULT_PREFERENCES = (STORED, ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 def uid_name(uid: str) -> str:
