@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
+
+from station.dicom.identify import identify
+from station.store.journal import Journal
+from station.store.records import Received
+from station.store.spool import Spool
 
 DATA = Path(
     os.environ.get(
@@ -464,3 +470,28 @@ def c_store(port: int, payload: Path | Dataset, calling_ae: str = "PYNETDICOM") 
         if assoc.is_established:
             assoc.release()
     return int(answer.Status) if answer and "Status" in answer else -1
+
+
+def spool_and_journal(spool: Spool, journal: Journal, path: Path, now: float) -> int:
+    """Spool a copy of ``path`` and journal it as received over the SCP; its batch id."""
+    header = identify(path)
+    stored = spool.claim()
+    shutil.copyfile(path, stored)
+    spool.commit(stored)
+    batch, _stale = journal.record_instance(
+        Received(
+            header.sop_uid,
+            header.study_uid,
+            header.series_uid,
+            header.sop_class,
+            header.transfer_syntax,
+            stored,
+            stored.stat().st_size,
+            "MODALITY",
+            "STATION",
+            "127.0.0.1:1",
+            "scp",
+        ),
+        now=now,
+    )
+    return batch

@@ -4,7 +4,6 @@ own series."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -13,11 +12,10 @@ from typing import Any
 import pluggy
 import pydicom
 import pytest
-from conftest import VALID, StationProcess, c_store, needs_corpus, wait_for
+from conftest import VALID, StationProcess, c_store, needs_corpus, spool_and_journal, wait_for
 from pydicom.uid import generate_uid
 
 from station import hookimpl
-from station.dicom.identify import identify
 from station.errors import PluginError
 from station.ops.metrics import Metrics
 from station.routing import hookspecs
@@ -27,7 +25,6 @@ from station.routing.workers import RoutingWorkers
 from station.series import SeriesView
 from station.store.journal import Journal
 from station.store.journal.sqlite import SQLiteJournal
-from station.store.records import Received
 from station.store.spool import Spool
 from station.testing import load_plugins, run_plugins, series_from_files
 
@@ -192,24 +189,7 @@ def journal_one(spool: Spool, journal: Journal, source: Path, now: float) -> int
     ds.SeriesInstanceUID = generate_uid()
     path = spool.root / f"{ds.Modality}.dcm"
     ds.save_as(path)
-    header = identify(path)
-    stored = spool.claim()
-    shutil.copyfile(path, stored)
-    spool.commit(stored)
-    received = Received(
-        header.sop_uid,
-        header.study_uid,
-        header.series_uid,
-        header.sop_class,
-        header.transfer_syntax,
-        stored,
-        stored.stat().st_size,
-        "MODALITY",
-        "STATION",
-        "127.0.0.1:1",
-        "scp",
-    )
-    return journal.record_instance(received, now=now)[0]
+    return spool_and_journal(spool, journal, path, now)
 
 
 @pytest.fixture

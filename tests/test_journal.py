@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import VALID, needs_corpus, storescu, wait_for
+from conftest import VALID, needs_corpus, spool_and_journal, storescu, wait_for
 from pydicom.uid import generate_uid
 
 from station.dicom.files import is_uid
@@ -17,7 +16,6 @@ from station.dicom.identify import identify
 from station.dicom.status import Status
 from station.errors import RejectedInstance
 from station.series import Assembler
-from station.store.journal import Journal
 from station.store.journal.sqlite import SQLiteJournal
 from station.store.records import Received
 from station.store.spool import Spool
@@ -32,30 +30,6 @@ def copy_with(tmp: Path, name: str, **tags: str) -> Path:
     path = tmp / name
     ds.save_as(path)
     return path
-
-
-def spool_and_journal(spool: Spool, journal: Journal, path: Path, now: float) -> int:
-    header = identify(path)
-    stored = spool.claim()
-    shutil.copyfile(path, stored)
-    spool.commit(stored)
-    batch, _stale = journal.record_instance(
-        Received(
-            header.sop_uid,
-            header.study_uid,
-            header.series_uid,
-            header.sop_class,
-            header.transfer_syntax,
-            stored,
-            stored.stat().st_size,
-            "MODALITY",
-            "STATION",
-            "127.0.0.1:1",
-            "scp",
-        ),
-        now=now,
-    )
-    return batch
 
 
 def test_concurrent_instances_share_commits_and_all_land(tmp_path: Path) -> None:
