@@ -127,7 +127,8 @@ def render() -> str:
         f"(default {tls_port}). Each instance is written to the spool as received (never "
         "decoded or re-encoded), fsynced and journaled before it is acknowledged.",
         "- as **SCU** it forwards each completed series batch to each destination its routes "
-        "chose: one association per batch and destination, one C-STORE at a time.",
+        "chose: one association per batch and destination, one C-STORE at a time; up to "
+        "`destinations.NAME.max_associations` batches of one destination at once.",
         "- drop folders feed the same spool (no DICOM network activity).",
         "",
         "Real-world activities: *receive* (a remote AE sends instances), *forward* (a series "
@@ -204,6 +205,11 @@ def render() -> str:
                     "concurrent associations (SCP)",
                     str(listen.max_associations),
                     "`listen.max_associations`",
+                ),
+                (
+                    "concurrent associations initiated per destination (SCU)",
+                    str(dest["max_associations"].default),
+                    "`destinations.NAME.max_associations`",
                 ),
                 (
                     "concurrent associations per source IP address",

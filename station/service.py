@@ -170,12 +170,17 @@ class Station:
             for name, dest in setup.destinations.items()
         }
         retries: Mapping[str, RetryConfig] = {n: d.retry for n, d in setup.destinations.items()}
+        workers = {
+            n: d.max_associations
+            for n, d in setup.destinations.items()
+            if isinstance(d, DicomDestinationConfig)
+        }
         self.metrics.declare_destinations(self.destinations)
         self.router = Router(
             self.journal, self.plugins, self.routes, self.destinations, self.metrics
         )
         self.dispatcher = Dispatcher(
-            self.journal, self.destinations, retries, self.plugins, self.metrics
+            self.journal, self.destinations, retries, self.plugins, self.metrics, workers
         )
         self.routing = RoutingWorkers(config.routing_workers, self._complete)
         self.assembler = Assembler(

@@ -43,6 +43,13 @@ class DicomDestinationConfig(Model):
     calling_ae_title: AETitle | None = Field(None, description="ours (none: `ae_title`)")
     timeout_seconds: float = Field(30.0, gt=0, description="network and DIMSE timeout")
     max_pdu_bytes: int = Field(4_194_304, ge=0, description="the largest PDU we accept")
+    max_associations: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="associations opened to the peer at once, each sending its own series "
+        "batch (1: one batch after the other)",
+    )
     tls: DestinationTlsConfig | None = Field(None, description="none: plain TCP")
     retry: RetryConfig = Field(RetryConfig(), description="retries of transient failures")
     transfer_syntaxes: tuple[SyntaxPreference, ...] = Field(

@@ -1,9 +1,12 @@
-"""The dispatcher: one worker per destination, each with its own queue, retries and backoff.
+"""The dispatcher: per destination its own workers, queue, retries and backoff.
 
-A worker takes the due deliveries of its destination from the journal, sends each series
-batch over one association (or one folder write), and journals the outcome. A dead or slow
-destination never delays another. The journal is re-read every second, so deliveries
-re-queued by ``station retry`` from another process are picked up.
+A destination has as many workers as it takes associations at once (``max_associations``
+of a DICOM peer; one for the other types). A worker claims the earliest due delivery of its
+destination that no other worker holds, sends that series batch over one association (or
+one folder write), and journals the outcome. A claim lives in this process only: after a
+crash the delivery is still pending in the journal and is sent again (at least once). A
+dead or slow destination never delays another. The journal is re-read every second, so
+deliveries re-queued by ``station retry`` from another process are picked up.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ class Dispatcher:
         retries: Mapping[str, RetryConfig],
         plugins: Plugins,
         metrics: Metrics,
+        workers: Mapping[str, int] | None = None,
     ) -> None:
+        """``workers``: how many batches each destination is sent at once (default 1)."""
         self.journal = journal
         self.destinations = destinations
         self.retries = retries
@@ -57,22 +62,29 @@ class Dispatcher:
         self.metrics = metrics
         self._stop = threading.Event()
         self._wake = {name: threading.Event() for name in destinations}
-        self._threads = {
-            name: threading.Thread(
-                target=self._work, args=(name,), name=f"dispatch-{name}", daemon=True
+        self._claim_lock = {name: threading.Lock() for name in destinations}
+        self._claimed: dict[str, set[int]] = {name: set() for name in destinations}
+        self._threads = [
+            (
+                name,
+                threading.Thread(
+                    target=self._work, args=(name,), name=f"dispatch-{name}-{i}", daemon=True
+                ),
             )
             for name in destinations
-        }
+            for i in range((workers or {}).get(name, 1))
+        ]
 
     def start(self) -> None:
-        for thread in self._threads.values():
+        for _, thread in self._threads:
             thread.start()
 
     def ended_workers(self) -> list[str]:
-        """Destinations whose worker thread has ended although it was not told to stop."""
+        """Destinations with a worker thread that has ended although it was not told to stop."""
         if self._stop.is_set():
             return []
-        return [n for n, t in self._threads.items() if t.ident is not None and not t.is_alive()]
+        ended = (n for n, t in self._threads if t.ident is not None and not t.is_alive())
+        return list(dict.fromkeys(ended))
 
     def wake(self, destination: str | None = None) -> None:
         for name, event in self._wake.items():
@@ -80,24 +92,45 @@ class Dispatcher:
                 event.set()
 
     def stop(self, timeout: float = 30) -> list[str]:
-        """Stop taking new work; a batch being sent finishes (or stays pending). Returns the
+        """Stop taking new work; the batches being sent finish (or stay pending). Returns the
         destinations still sending after ``timeout``."""
         self._stop.set()
         self.wake()
         deadline = time.monotonic() + timeout
-        for thread in self._threads.values():
+        for _, thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return [name for name, thread in self._threads.items() if thread.is_alive()]
+        return list(dict.fromkeys(name for name, t in self._threads if t.is_alive()))
+
+    def claim(self, name: str) -> tuple[Delivery | None, float | None]:
+        """Take the earliest due delivery to ``name`` that no worker holds: (it, None); or,
+        when there is none, (None, when the next one not held is due, if any). Another
+        idle worker of the destination is woken when more are due."""
+        with self._claim_lock[name]:
+            held = tuple(self._claimed[name])
+            due = self.journal.due_deliveries(name, time.time(), limit=2, exclude=held)
+            if not due:
+                return None, self.journal.next_due(name, exclude=held)
+            self._claimed[name].add(due[0].id)
+        if len(due) > 1:
+            self._wake[name].set()
+        return due[0], None
+
+    def release(self, delivery: Delivery) -> None:
+        """Let go of a claimed delivery once its attempt is journaled."""
+        with self._claim_lock[delivery.destination]:
+            self._claimed[delivery.destination].discard(delivery.id)
 
     def _work(self, name: str) -> None:
         wake = self._wake[name]
         while not self._stop.is_set():
             try:
-                due = self.journal.due_deliveries(name, time.time(), limit=1)
-                if due:
-                    self.deliver(due[0])
+                delivery, next_due = self.claim(name)
+                if delivery is not None:
+                    try:
+                        self.deliver(delivery)
+                    finally:
+                        self.release(delivery)
                     continue
-                next_due = self.journal.next_due(name)
             except Exception:
                 log.exception("dispatch worker %s failed; continuing", name)
                 next_due = None

@@ -16,7 +16,7 @@ embedded backend, ``schema`` its tables and migrations. A backend for several ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,9 +92,14 @@ class Journal(Protocol):
 
     # --- dispatch -----------------------------------------------------------------------
 
-    def due_deliveries(self, destination: str, now: float, limit: int) -> list[Delivery]: ...
+    def due_deliveries(
+        self, destination: str, now: float, limit: int, exclude: Collection[int] = ()
+    ) -> list[Delivery]:
+        """Pending deliveries to ``destination`` due by ``now``, earliest first, except the
+        ids in ``exclude`` (those the dispatcher's workers hold)."""
 
-    def next_due(self, destination: str) -> float | None: ...
+    def next_due(self, destination: str, exclude: Collection[int] = ()) -> float | None:
+        """When the earliest pending delivery to ``destination`` outside ``exclude`` is due."""
 
     def failed_instances(self, delivery_id: int) -> dict[str, str]:
         """Instances the destination refused: SOP Instance UID -> reason."""

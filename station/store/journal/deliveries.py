@@ -4,6 +4,7 @@ instances a destination refused or warned about, dead letters and their retry.""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any, cast
 
 from station.store.journal.database import Database, delivery_from_row
@@ -14,18 +15,22 @@ from station.store.states import BatchState, DeliveryState
 class Deliveries(Database):
     """Dispatch: what is due, each attempt's outcome, dead letters re-queued."""
 
-    def due_deliveries(self, destination: str, now: float, limit: int) -> list[Delivery]:
+    def due_deliveries(
+        self, destination: str, now: float, limit: int, exclude: Collection[int] = ()
+    ) -> list[Delivery]:
         rows = self._rows(
-            "SELECT * FROM deliveries WHERE state=? AND destination=?"
-            " AND next_attempt<=? ORDER BY next_attempt, id LIMIT ?",
-            (DeliveryState.PENDING, destination, now, limit),
+            "SELECT * FROM deliveries WHERE state=? AND destination=? AND next_attempt<=?"
+            + _not_in(exclude)
+            + " ORDER BY next_attempt, id LIMIT ?",
+            (DeliveryState.PENDING, destination, now, *exclude, limit),
         )
         return [delivery_from_row(r) for r in rows]
 
-    def next_due(self, destination: str) -> float | None:
+    def next_due(self, destination: str, exclude: Collection[int] = ()) -> float | None:
         row = self._rows(
-            "SELECT min(next_attempt) AS t FROM deliveries WHERE state=? AND destination=?",
-            (DeliveryState.PENDING, destination),
+            "SELECT min(next_attempt) AS t FROM deliveries WHERE state=? AND destination=?"
+            + _not_in(exclude),
+            (DeliveryState.PENDING, destination, *exclude),
         )[0]
         return cast("float | None", row["t"])
 
@@ -149,3 +154,8 @@ class Deliveries(Database):
             (DeliveryState.PENDING, DeliveryState.DEAD_LETTER),
         )
         return {(r["destination"], DeliveryState(r["state"])): r["n"] for r in rows}
+
+
+def _not_in(ids: Collection[int]) -> str:
+    """The SQL condition leaving out the deliveries ``ids`` (their values bound after)."""
+    return f" AND id NOT IN ({','.join('?' * len(ids))})" if ids else ""
