@@ -175,17 +175,16 @@ class Batches(Database):
     # --- series assembly ----------------------------------------------------------------
 
     def close_quiet_batches(self, quiet_before: float, opened_before: float) -> list[int]:
-        """Mark open batches complete whose quiet period or maximum wait is over."""
+        """Mark open batches complete whose quiet period or maximum wait is over. The
+        assembler asks often: only when a read finds one due is the write lock taken, which
+        the receivers share."""
+        due = "SELECT id FROM batches WHERE state=? AND (last_received<=? OR first_received<=?)"
+        args = (BatchState.OPEN, quiet_before, opened_before)
+        if not self._rows(due, args):
+            return []
         now = time.time()
         with self._transaction() as db:
-            ids = [
-                r["id"]
-                for r in db.execute(
-                    "SELECT id FROM batches WHERE state=?"
-                    " AND (last_received<=? OR first_received<=?)",
-                    (BatchState.OPEN, quiet_before, opened_before),
-                )
-            ]
+            ids = [r["id"] for r in db.execute(due, args)]
             for batch_id in ids:
                 db.execute(
                     "UPDATE batches SET state=?, completed_at=? WHERE id=?",
