@@ -145,7 +145,7 @@ class Station:
             raise ConfigError(problem)
         self.lock = StorageLock(storage).acquire()
         try:
-            self.spool = Spool(storage, config.storage.min_free_bytes)
+            self.spool = Spool(storage, config.storage.min_free_bytes, config.storage.free_files)
             if recover and (problem := untrusted(storage, self.spool)):
                 done = rebuild(storage, self.spool)
                 log.warning(

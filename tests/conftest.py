@@ -190,6 +190,13 @@ class StationProcess:
             "series": {"quiet_seconds": 0.5},
             **config,
         }
+        storage = self.config["storage"]
+        # A reserve of one folder of free spool files per receiver, not the 1024 a
+        # production start makes: hundreds of stations start in the suite, on 2 cores.
+        self.config["storage"] = {
+            "free_files": 256,
+            **(storage if isinstance(storage, dict) else {"path": storage}),
+        }
         self.config_path = workdir / "station.yaml"
         self.log_path = workdir / "station.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -259,12 +266,14 @@ class StationProcess:
                 return float(value)
         return 0.0
 
+    @property
+    def storage(self) -> Path:
+        """The storage folder (the station's default is relative to its cwd)."""
+        return Path(self.config["storage"].get("path", self.workdir / "station-data"))
+
     def spooled(self) -> list[Path]:
         """The spool files holding data (the rest are free files created ahead)."""
-        storage = self.config["storage"]
-        if isinstance(storage, dict):  # the station's default is relative to its cwd
-            storage = storage.get("path", self.workdir / "station-data")
-        spool = Path(storage) / "spool"
+        spool = self.storage / "spool"
         return [p for p in spool.rglob("*") if p.is_file() and p.stat().st_size]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

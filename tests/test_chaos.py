@@ -179,14 +179,14 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(
         acknowledged = set().union(*(s.acknowledged for s in senders))
 
         def settled() -> bool:
-            journal = Path(station.config["storage"]) / "journal.sqlite"
+            journal = station.storage / "journal.sqlite"
             return acknowledged <= set(arrivals(received)) | dead_lettered(journal)
 
         deadline = time.monotonic() + SETTLE_SECONDS  # then report what is missing
         while not settled() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert station.stop() == 0
-        dead = dead_lettered(Path(station.config["storage"]) / "journal.sqlite")
+        dead = dead_lettered(station.storage / "journal.sqlite")
     finally:
         stop.set()
         station.stop(signal.SIGKILL)

@@ -40,7 +40,7 @@ def modes_under(root: Path) -> dict[Path, int]:
 @pytest.mark.usefixtures("umask_022")
 def test_storage_and_default_destination_are_owner_only(tmp_path: Path) -> None:
     station = StationProcess(tmp_path / "station", {}).start()  # default folder destination
-    storage = Path(station.config["storage"])
+    storage = station.storage
     try:
         sent = storescu(
             station.port, [VALID / "CT_small.dcm", VALID / "MR_small.dcm"], extra=("-v",)

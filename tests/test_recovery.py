@@ -146,7 +146,7 @@ def test_empty_journal_refuses_start_and_recover_delivers_everything(tmp_path: P
     pacs = StoreSCP(tmp_path / "pacs").start()
     config: dict[str, Any] = {"destinations": {"pacs": dicom_destination(pacs, retry=FAST_RETRY)}}
     station = StationProcess(tmp_path / "station", config).start()
-    storage = Path(station.config["storage"])
+    storage = station.storage
     try:
         delivered = make_instances(tmp_path / "delivered", 50)
         pending = make_instances(tmp_path / "pending", 50)
@@ -194,7 +194,7 @@ def test_random_bytes_in_the_journal_header_give_a_clear_message(tmp_path: Path)
         "series": {"quiet_seconds": 0.5},
     }
     station = StationProcess(tmp_path / "station", config).start()
-    storage = Path(station.config["storage"])
+    storage = station.storage
     try:
         made = make_instances(tmp_path / "made", 4)
         assert storescu_successes(storescu(station.port, list(made), extra=("-v",))) == 4
@@ -238,7 +238,7 @@ def test_second_station_on_one_storage_exits_and_the_first_keeps_serving(tmp_pat
     pacs = StoreSCP(tmp_path / "pacs").start()
     config: dict[str, Any] = {"destinations": {"pacs": dicom_destination(pacs)}}
     first = StationProcess(tmp_path / "first", config).start()
-    storage = Path(first.config["storage"])
+    storage = first.storage
     second = StationProcess(tmp_path / "second", {**config, "storage": str(storage)})
     second.workdir.mkdir()
     second.config_path.write_text(yaml.safe_dump(second.config))

@@ -69,7 +69,7 @@ def associate(station: StationProcess, sop_class: str) -> Association:
 
 def received_by(station: StationProcess, pid: int) -> float:
     """Instances receiver ``pid`` counted, read from its own metrics file."""
-    path = Path(station.config["storage"]) / "run" / "metrics" / f"counter_{pid}.db"
+    path = station.storage / "run" / "metrics" / f"counter_{pid}.db"
     return sum(
         value
         for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
@@ -115,7 +115,7 @@ def test_one_series_over_associations_on_two_receivers_is_one_batch(
     assert received == 6
 
     wait_for(lambda: len(list(out.rglob("*.dcm"))) == 6, message="the series delivered")
-    journal = sqlite3.connect(Path(station.config["storage"]) / "journal.sqlite")
+    journal = sqlite3.connect(station.storage / "journal.sqlite")
     try:
         batches = journal.execute(
             "SELECT b.state, count(i.sop_uid) FROM batches b JOIN instances i ON i.batch_id=b.id"

@@ -227,6 +227,14 @@ class StorageConfig(Model):
         "256 KiB, kept for the journal); float notation such as `2e9` is accepted",
     )
 
+    free_files: int = Field(
+        2048,
+        ge=0,
+        description="empty spool files each receiver makes ahead, as it starts and whenever "
+        "half are taken: a burst of up to this many instances pays no file creation on its way "
+        "in; 0 makes them when needed, a few at a time",
+    )
+
     @field_validator("min_free_bytes", mode="before")
     @classmethod
     def _accept_float_notation(cls, value: Any) -> Any:

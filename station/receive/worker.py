@@ -91,7 +91,9 @@ def main(argv: Sequence[str]) -> int:
     config = StationConfig.model_validate(spec.config)
     storage = config.storage.path
     journal = SQLiteJournal(journal_path(storage), migrate=False)
-    intake = Intake(Spool(storage, config.storage.min_free_bytes), journal, Metrics())
+    spool = Spool(storage, config.storage.min_free_bytes, config.storage.free_files)
+    spool.free.start()  # before accepting: the first burst then creates no files
+    intake = Intake(spool, journal, Metrics())
     board = Board(slots_for(config.listen), Path(spec.board))
     scp = StoreSCP(config.ae_title, config.listen, intake, board)
     tls = socket.socket(fileno=spec.tls_fd) if spec.tls_fd is not None else None
