@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Bench only: ``station`` with experimental patches, to measure what a lever would gain
 before anyone changes ``station/``. ``python3 bench/patched.py PATCH[,PATCH] run ...`` (what
-``bench/run.py --patch`` starts); the station's own code is never modified.
+``bench/run.py --patch`` starts); the station's own code is never modified. The receiver
+processes get the same patches (through ``bench/site/sitecustomize.py``); ``timing``
+reports once per process.
 
 Patches:
 
@@ -16,11 +18,15 @@ Patches:
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+PATCHES_ENV = "STATION_BENCH_PATCHES"  # for the receiver processes (bench/site)
 
 TIMES: dict[str, list[float]] = {}
 _LOCK = threading.Lock()
@@ -46,7 +52,10 @@ def _timed(owner: Any, name: str, label: str) -> None:
 def _report() -> None:
     for label, (total, count) in sorted(TIMES.items()):
         mean = 1000 * total / count if count else 0.0
-        print(f"bench timing {label}: {total:.3f} s in {count} calls ({mean:.3f} ms each)")
+        print(
+            f"bench timing [pid {os.getpid()}] {label}: {total:.3f} s in {count} calls "
+            f"({mean:.3f} ms each)"
+        )
     sys.stdout.flush()
 
 
@@ -54,12 +63,14 @@ def timing() -> None:
     from station.dispatch import dicom, dispatcher
     from station.receive import intake, scp
     from station.store.journal.sqlite import SQLiteJournal
-    from station.store.spool import Spool
+    from station.store.spool import IncomingFile, Spool
 
+    _timed(scp.StoreSCP, "_store", "receive: C-STORE, request in to response out")
     _timed(scp.StoreSCP, "_take", "receive: C-STORE handler after the data set is in")
     _timed(scp, "identify", "receive: identify (parse the file)")
     _timed(intake.Intake, "take", "receive: intake (spool + journal + metrics)")
-    _timed(Spool, "commit", "receive: spool commit (fdatasync)")
+    _timed(Spool, "commit", "receive: spool commit (fdatasync; drop folders)")
+    _timed(IncomingFile, "close", "receive: spool file close (fdatasync; C-STORE)")
     _timed(SQLiteJournal, "record_instance", "receive: journal record_instance (commit)")
     _timed(dispatcher.Dispatcher, "deliver", "send: deliver (one batch, all of it)")
     _timed(dicom, "_associate", "send: associate")
@@ -117,13 +128,22 @@ PATCHES: dict[str, Callable[[], None]] = {
 }
 
 
+def apply(names: list[str]) -> None:
+    for name in names:
+        PATCHES[name]()
+
+
 def main() -> None:
     names = [n for n in sys.argv[1].split(",") if n] if len(sys.argv) > 1 else []
     unknown = [n for n in names if n not in PATCHES]
     if unknown:
         sys.exit(f"unknown patch {', '.join(unknown)}; known: {', '.join(PATCHES)}")
-    for name in names:
-        PATCHES[name]()
+    apply(names)
+    # The receivers are processes of their own (python -m station.receive.worker): they
+    # inherit these and apply the same patches from bench/site/sitecustomize.py.
+    os.environ[PATCHES_ENV] = ",".join(names)
+    site = str(Path(__file__).with_name("site"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
     from station.cli import main as station_main
 
     sys.argv = ["station", *sys.argv[2:]]
