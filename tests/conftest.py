@@ -191,10 +191,10 @@ class StationProcess:
             **config,
         }
         storage = self.config["storage"]
-        # A reserve of one folder of free spool files per receiver, not the 1024 a
-        # production start makes: hundreds of stations start in the suite, on 2 cores.
+        # A small reserve of free spool files per receiver, not the 2048 a production
+        # start makes: hundreds of stations start in the suite, on 2 cores.
         self.config["storage"] = {
-            "free_files": 256,
+            "free_files": 32,
             **(storage if isinstance(storage, dict) else {"path": storage}),
         }
         self.config_path = workdir / "station.yaml"
@@ -268,8 +268,8 @@ class StationProcess:
 
     @property
     def storage(self) -> Path:
-        """The storage folder (the station's default is relative to its cwd)."""
-        return Path(self.config["storage"].get("path", self.workdir / "station-data"))
+        """The storage folder (a relative one, as the station's default, is in its cwd)."""
+        return self.workdir / self.config["storage"].get("path", "station-data")
 
     def spooled(self) -> list[Path]:
         """The spool files holding data (the rest are free files created ahead)."""
