@@ -110,36 +110,44 @@ class Receivers:
             log_format=log_format.value,
         )
 
-    def _spawn(self, index: int) -> None:
-        """Start receiver ``index`` and wait until it accepts; ReceiverFailed if it ends or
+    def _spawn(self, *indexes: int) -> None:
+        """Start receivers ``indexes`` together (each makes its reserve of free spool files
+        before it accepts) and wait until every one accepts; ReceiverFailed if one ends or
         takes too long."""
-        ready_r, ready_w = os.pipe()
-        spec = self._spec(ready_w)
-        fds = [fd for fd in (spec.fd, spec.tls_fd, ready_w) if fd is not None]
+        readers: list[int] = []
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "station.receive.worker", spec.encode()], pass_fds=fds
-            )
+            for index in indexes:
+                ready_r, ready_w = os.pipe()
+                readers.append(ready_r)
+                spec = self._spec(ready_w)
+                fds = [fd for fd in (spec.fd, spec.tls_fd, ready_w) if fd is not None]
+                try:
+                    self.processes[index] = subprocess.Popen(
+                        [sys.executable, "-m", "station.receive.worker", spec.encode()],
+                        pass_fds=fds,
+                    )
+                finally:
+                    os.close(ready_w)
+            deadline = time.monotonic() + READY_SECONDS
+            for index, ready_r in zip(indexes, readers, strict=True):
+                proc = self.processes[index]
+                assert proc is not None
+                wait = max(0.0, deadline - time.monotonic())
+                readable, _, _ = select.select([ready_r], [], [], wait)
+                if (os.read(ready_r, 16) if readable else b"") != b"ready":
+                    code = proc.poll()
+                    raise ReceiverFailed(
+                        f"receiver process {proc.pid} did not start"
+                        + (f": it exited with {code} (see the log)" if code is not None else "")
+                    )
+                log.debug("receiver %d is PID %d", index, proc.pid)
         finally:
-            os.close(ready_w)
-        self.processes[index] = proc
-        try:
-            readable, _, _ = select.select([ready_r], [], [], READY_SECONDS)
-            answer = os.read(ready_r, 16) if readable else b""
-        finally:
-            os.close(ready_r)
-        if answer != b"ready":
-            code = proc.poll()
-            raise ReceiverFailed(
-                f"receiver process {proc.pid} did not start"
-                + (f": it exited with {code} (see the log)" if code is not None else "")
-            )
-        log.debug("receiver %d is PID %d", index, proc.pid)
+            for ready_r in readers:
+                os.close(ready_r)
 
     def _supervise(self) -> None:
         try:
-            for index in range(self.count):
-                self._spawn(index)
+            self._spawn(*range(self.count))
         except (OSError, ReceiverFailed) as exc:
             self._failure = str(exc)
             self._stop.set()

@@ -30,6 +30,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 import uuid
 from collections import deque
 from pathlib import Path
@@ -89,6 +90,8 @@ def fsync_dir(path: Path) -> None:
 ON_DEMAND = 16
 FOLDER_FILES = 256  # free files per spool folder
 REFILL_NICENESS = 19  # the filler thread's (Linux schedules threads by their own)
+LULL_SECONDS = 0.5  # the filler waits for this long without a take...
+LOW_SHARE = 8  # ...unless fewer than 1/8 of the reserve are left
 
 
 class FreeFiles:
@@ -97,7 +100,8 @@ class FreeFiles:
     A receiver calls ``start`` before it accepts, so that ``reserve`` files are made while
     it is idle and a burst of up to that many instances pays no file creation on its way in
     (creating a file costs 0.05 to 1.5 ms of kernel time on ext4, more than the rest of an
-    instance's receipt); a background thread tops the reserve up when it runs below half.
+    instance's receipt); a background thread tops the reserve up when it runs below half,
+    in the next lull of receiving (or at once when less than an eighth is left).
     ``take`` hands out the next one, making a few on demand if the reserve is empty. Files
     never taken (at a crash or a stop) are removed at the next start, with the other files
     the journal does not know.
@@ -110,6 +114,7 @@ class FreeFiles:
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._filler: threading.Thread | None = None
+        self._last_take = 0.0
 
     def start(self) -> None:
         """Make the reserve now (a receiver, before it accepts: the first burst then
@@ -126,6 +131,7 @@ class FreeFiles:
 
     def take(self) -> Path:
         with self._lock:
+            self._last_take = time.monotonic()
             path = self._ready.popleft() if self._ready else None
             if len(self._ready) < self.reserve // 2:
                 self._start()
@@ -147,6 +153,7 @@ class FreeFiles:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REFILL_NICENESS)
         while True:
             self._wanted.wait()
+            self._await_lull()
             with self._lock:
                 short = self.reserve - len(self._ready)
                 if short <= 0:  # wanted again once take() finds the reserve below half
@@ -161,6 +168,17 @@ class FreeFiles:
                 continue
             with self._lock:
                 self._ready.extend(made)
+
+    def _await_lull(self) -> None:
+        """Creating files competes with the receipts for the CPU and the file system's
+        journal: wait until nothing was taken for LULL_SECONDS, unless the reserve runs low."""
+        while True:
+            with self._lock:
+                quiet = time.monotonic() - self._last_take
+                low = len(self._ready) < self.reserve // LOW_SHARE
+            if low or quiet >= LULL_SECONDS:
+                return
+            time.sleep(LULL_SECONDS - quiet)
 
     def _create(self, count: int) -> list[Path]:
         """A new folder of ``count`` empty files, durable: created, then the folder and its
