@@ -248,9 +248,11 @@ class Station:
 
     def remove_unacknowledged(self) -> None:
         """After a restart: drop files that were never acknowledged (the journal, checked
-        when opened, does not know them). Batches left open or complete and pending
+        when opened, does not know them); the receivers take over the free files made
+        ahead. Batches left open or complete and pending
         deliveries continue by themselves from the journal."""
-        removed = self.spool.remove_orphans(self.journal.known_paths())
+        removed, free = self.spool.remove_orphans(self.journal.known_paths())
+        self.receivers.adopt(free)
         if removed:
             log.info("removed %d spool files that were never acknowledged", removed)
         adopted = self.ingestor.quarantine.adopt_orphans()

@@ -1,6 +1,6 @@
 """The reserve of free spool files (issue 16): made before a receiver accepts, handed out
 without a file creation on the way in, topped up in the background, owner-only whatever
-the umask."""
+the umask, and taken over by the next start."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import VALID, StationProcess, c_store, wait_for
 
 from station.store.spool import FILE_MODE, ON_DEMAND, Spool
 
@@ -25,7 +25,7 @@ def umask() -> Iterator[None]:
 
 
 def free_files(spool: Spool) -> list[Path]:
-    return [p for p in spool.files.rglob("*.dcm") if p.stat().st_size == 0]
+    return free_files_under(spool.root)
 
 
 @pytest.mark.usefixtures("umask")
@@ -70,3 +70,45 @@ def test_files_are_owner_only_even_under_a_umask_that_takes_the_owners_bits(
     finally:
         os.umask(old)
     assert {stat.S_IMODE(p.stat().st_mode) for p in free_files(spool)} == {FILE_MODE}
+
+
+def test_a_start_keeps_the_free_files_and_removes_what_was_never_acknowledged(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path, 0, free_files=300)
+    spool.free.start()
+    journaled, unacknowledged = spool.claim(), spool.claim()
+    journaled.write_bytes(b"an instance the journal knows")
+    unacknowledged.write_bytes(b"cut off before its acknowledgement")
+    left = set(free_files(spool))
+
+    removed, free = Spool(tmp_path, 0).remove_orphans({str(journaled)})
+
+    assert removed == 1 and not unacknowledged.exists() and journaled.exists()
+    assert set(free) == {p.parent for p in left}
+    taker = Spool(tmp_path, 0, free_files=300)
+    taker.free.start(free)
+    assert set(free_files(taker)) > left and len(free_files(taker)) == 300  # 2 made anew
+    assert taker.claim() != journaled
+
+
+@pytest.mark.e2e
+def test_a_restarted_station_takes_over_the_free_files_of_the_last_run(tmp_path: Path) -> None:
+    listen = {"host": "127.0.0.1", "port": 0, "workers": 2}
+    station = StationProcess(tmp_path / "station", {"listen": listen}).start()
+    try:
+        assert c_store(station.port, VALID / "CT_small.dcm") == 0x0000
+        station.stop()
+        made = set(free_files_under(station.storage))
+        station.restart()
+        assert c_store(station.port, VALID / "MR_small.dcm") == 0x0000
+        now = set(free_files_under(station.storage))
+        assert len(made) == 2 * 32 - 1  # the reserves of the 2 receivers, less one taken
+        assert len(made - now) <= 1  # kept, but the one the second instance went into
+        assert len(now) == len(made)  # one made anew at most: a reserve topped up to 32
+    finally:
+        station.stop()
+
+
+def free_files_under(storage: Path) -> list[Path]:
+    return [p for p in (storage / "spool").rglob("*.dcm") if p.stat().st_size == 0]

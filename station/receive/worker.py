@@ -27,7 +27,7 @@ import signal
 import socket
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class WorkerSpec:
     drain_seconds: float
     log_level: str
     log_format: str
+    free_folders: list[str] = field(default_factory=list)  # free spool files to take over
 
     def encode(self) -> str:
         return json.dumps(asdict(self))
@@ -92,7 +93,8 @@ def main(argv: Sequence[str]) -> int:
     storage = config.storage.path
     journal = SQLiteJournal(journal_path(storage), migrate=False)
     spool = Spool(storage, config.storage.min_free_bytes, config.storage.free_files)
-    spool.free.start()  # before accepting: the first burst then creates no files
+    # Before accepting: the first burst then creates no files.
+    spool.free.start([Path(folder) for folder in spec.free_folders])
     intake = Intake(spool, journal, Metrics())
     board = Board(slots_for(config.listen), Path(spec.board))
     scp = StoreSCP(config.ae_title, config.listen, intake, board)

@@ -67,6 +67,7 @@ class Receivers:
         self.port = self.listen.port
         self.tls_port = self.listen.tls.port if self.listen.tls is not None else None
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.count
+        self._free: list[list[Path]] = [[] for _ in range(self.count)]
         self.board: Board | None = None
         self._restarts: deque[float] = deque()
         self._given_up: list[str] = []
@@ -94,7 +95,12 @@ class Receivers:
             self.stop(0)
             raise ReceiverFailed(self._failure)
 
-    def _spec(self, ready_fd: int) -> WorkerSpec:
+    def adopt(self, free: list[Path]) -> None:
+        """Share folders of free spool files left by the last run among the receivers,
+        for them to take over as they start."""
+        self._free = [free[index :: self.count] for index in range(self.count)]
+
+    def _spec(self, ready_fd: int, index: int) -> WorkerSpec:
         assert self.server is not None
         level, log_format = logging_in_force()
         return WorkerSpec(
@@ -108,6 +114,7 @@ class Receivers:
             drain_seconds=self.drain_seconds,
             log_level=level,
             log_format=log_format.value,
+            free_folders=[str(folder) for folder in self._free[index]],
         )
 
     def _spawn(self, *indexes: int) -> None:
@@ -119,7 +126,8 @@ class Receivers:
             for index in indexes:
                 ready_r, ready_w = os.pipe()
                 readers.append(ready_r)
-                spec = self._spec(ready_w)
+                spec = self._spec(ready_w, index)
+                self._free[index] = []  # a receiver started again later makes its own
                 fds = [fd for fd in (spec.fd, spec.tls_fd, ready_w) if fd is not None]
                 try:
                     self.processes[index] = subprocess.Popen(

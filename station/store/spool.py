@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from station.dicom.status import Status
@@ -103,8 +104,8 @@ class FreeFiles:
     instance's receipt); a background thread tops the reserve up when it runs below half,
     in the next lull of receiving (or at once when less than an eighth is left).
     ``take`` hands out the next one, making a few on demand if the reserve is empty. Files
-    never taken (at a crash or a stop) are removed at the next start, with the other files
-    the journal does not know.
+    never taken (at a crash or a stop) are taken over by the next start's receivers
+    (``Spool.remove_orphans``).
     """
 
     def __init__(self, root: Path, reserve: int = FOLDER_FILES) -> None:
@@ -116,9 +117,12 @@ class FreeFiles:
         self._filler: threading.Thread | None = None
         self._last_take = 0.0
 
-    def start(self) -> None:
-        """Make the reserve now (a receiver, before it accepts: the first burst then
-        competes with no file creation), then keep it topped up in the background."""
+    def start(self, adopt: Sequence[Path] = ()) -> None:
+        """Take over the free files in the folders ``adopt`` (left by the last run),
+        make the rest of the reserve now (a receiver, before it accepts: the first burst
+        then competes with no file creation), then keep it topped up in the background."""
+        for folder in adopt:
+            self._ready.extend(sorted(p for p in folder.iterdir() if not p.stat().st_size))
         try:
             while len(self._ready) < self.reserve:
                 made = self._create(min(FOLDER_FILES, self.reserve - len(self._ready)))
@@ -286,18 +290,27 @@ class Spool:
         with contextlib.suppress(OSError):
             path.parent.rmdir()
 
-    def remove_orphans(self, known: set[str]) -> int:
-        """At start: delete the files the journal does not know: instances never
-        acknowledged (counted) and free files never taken (not counted)."""
+    def remove_orphans(self, known: set[str]) -> tuple[int, list[Path]]:
+        """At start: delete the files the journal does not know that hold data (instances
+        never acknowledged; counted), and return the folders holding empty files: free
+        files made ahead by the last run (no instance is empty), for the receivers to take
+        over (``FreeFiles.start``)."""
         removed = 0
+        free = []
         for folder in self.files.iterdir():
+            empty = False
             for path in folder.iterdir():
-                if str(path) not in known:
-                    removed += path.stat().st_size > 0
+                if not path.stat().st_size:
+                    empty = True
+                elif str(path) not in known:
+                    removed += 1
                     self.remove(path)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        return removed
+            if empty:
+                free.append(folder)
+            else:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        return removed, free
 
 
 class IncomingFile:
