@@ -80,6 +80,16 @@ def wait_for(
 
 
 @pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask (children started meanwhile inherit it)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
 def refused_port() -> Iterator[int]:
     """A port on 127.0.0.1 that refuses connections for the whole test (see peers)."""
     with peers.refused_port() as port:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,6 @@ from station.dicom.identify import identify
 from station.dispatch.folder import FolderDestination
 from station.errors import ConfigError
 from station.store.records import Instance
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The usual umask (children started meanwhile inherit it)."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode(path: Path) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,11 @@ from conftest import VALID, StationProcess, c_store, wait_for
 from station.store.spool import FILE_MODE, ON_DEMAND, Spool
 
 
-@pytest.fixture
-def umask() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def free_files(spool: Spool) -> list[Path]:
     return free_files_under(spool.root)
 
 
-@pytest.mark.usefixtures("umask")
+@pytest.mark.usefixtures("umask_022")
 def test_start_makes_the_whole_reserve_before_it_returns(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 0, free_files=300)
     spool.free.start()
@@ -38,7 +28,7 @@ def test_start_makes_the_whole_reserve_before_it_returns(tmp_path: Path) -> None
     assert {stat.S_IMODE(p.stat().st_mode) for p in made} == {FILE_MODE}
 
 
-@pytest.mark.usefixtures("umask")
+@pytest.mark.usefixtures("umask_022")
 def test_taking_below_half_tops_the_reserve_up_again(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 0, free_files=40)
     spool.free.start()
