@@ -249,8 +249,8 @@ class Station:
     def remove_unacknowledged(self) -> None:
         """After a restart: drop files that were never acknowledged (the journal, checked
         when opened, does not know them); the receivers take over the free files made
-        ahead. Batches left open or complete and pending
-        deliveries continue by themselves from the journal."""
+        ahead. Batches left open or complete and pending deliveries continue by themselves
+        from the journal."""
         removed, free = self.spool.remove_orphans(self.journal.known_paths())
         self.receivers.adopt(free)
         if removed:
