@@ -82,6 +82,18 @@ def test_a_start_keeps_the_free_files_and_removes_what_was_never_acknowledged(
     assert taker.claim() != journaled
 
 
+def test_a_folder_where_the_journal_knows_an_empty_file_is_not_offered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 0, free_files=10)
+    spool.free.start()
+    damaged = spool.claim()  # journaled, but its data set never reached the disk
+
+    removed, free = Spool(tmp_path, 0).remove_orphans({str(damaged)})
+
+    assert (removed, free) == (0, [])
+    assert damaged.exists()
+    assert list(damaged.parent.iterdir()) == [damaged]
+
+
 @pytest.mark.e2e
 def test_a_restarted_station_takes_over_the_free_files_of_the_last_run(tmp_path: Path) -> None:
     listen = {"host": "127.0.0.1", "port": 0, "workers": 2}

@@ -292,24 +292,31 @@ class Spool:
 
     def remove_orphans(self, known: set[str]) -> tuple[int, list[Path]]:
         """At start: delete the files the journal does not know that hold data (instances
-        never acknowledged; counted), and return the folders holding empty files: free
-        files made ahead by the last run (no instance is empty), for the receivers to take
-        over (``FreeFiles.start``)."""
+        never acknowledged; counted), and return the folders holding empty files it does
+        not know: free files made ahead by the last run, for the receivers to take over
+        (``FreeFiles.start`` takes every empty file in them). A folder where the journal
+        knows an empty file (a damaged instance: never written into) is not offered; its
+        free files are deleted."""
         removed = 0
         free = []
         for folder in self.files.iterdir():
-            empty = False
+            spare, offer = [], True
             for path in folder.iterdir():
-                if not path.stat().st_size:
-                    empty = True
-                elif str(path) not in known:
+                size = path.stat().st_size
+                if str(path) in known:
+                    offer = offer and size > 0
+                elif size:
                     removed += 1
                     self.remove(path)
-            if empty:
+                else:
+                    spare.append(path)
+            if spare and offer:
                 free.append(folder)
-            else:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+                continue
+            for path in spare:
+                self.remove(path)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         return removed, free
 
 
