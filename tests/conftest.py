@@ -235,8 +235,10 @@ class StationProcess:
             )
         match = wait_for(self._ready, 30, message="station to listen")
         self.port = int(match.group(1))
-        metrics = METRICS.search(self.run_log())
-        self.metrics_port = int(metrics.group(1)) if metrics else 0
+        self.metrics_port = 0
+        if self.config["metrics"].get("enabled", True):  # said a line after "listening"
+            metrics = wait_for(lambda: METRICS.search(self.run_log()), 10, message="/metrics")
+            self.metrics_port = int(metrics.group(1))
         return self
 
     def _ready(self) -> re.Match[str] | None:
