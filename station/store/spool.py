@@ -24,6 +24,7 @@ trace`` and ``station status`` show the way).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -33,8 +34,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from station.dicom.status import Status
 from station.errors import RejectedInstance
@@ -84,6 +86,30 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writing the range out, without waiting
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except AttributeError:  # not Linux
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], call)
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing ``length`` bytes from ``offset`` to the disk now,
+    without waiting (advice: nothing where there is no sync_file_range). The fdatasync
+    before an acknowledgement then finds most of a large data set on the disk already."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 # Files made at once when the reserve is empty (the filler fell behind): enough to bridge
@@ -329,11 +355,20 @@ class IncomingFile:
     def __init__(self, path: Path) -> None:
         self._fh = open(os.open(path, os.O_WRONLY), "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
         self.error: OSError | None = None
+        self._written = 0  # bytes handed to write()
+        self._out = 0  # of which the kernel was told to start writing out
 
     def write(self, piece: bytes | memoryview) -> None:
+        """Write ``piece``; every WRITE_BUFFER bytes, flush and start their writeback, so
+        that the disk writes a large data set while the rest of it is still arriving."""
         if self.error is None:
             try:
                 self._fh.write(piece)
+                self._written += len(piece)
+                if self._written - self._out >= WRITE_BUFFER:
+                    self._fh.flush()
+                    start_writeback(self._fh.fileno(), self._out, self._written - self._out)
+                    self._out = self._written
             except OSError as exc:
                 self.error = exc
 
