@@ -147,24 +147,20 @@ class FreeFiles:
         """Take over the free files in the folders ``adopt`` (left by the last run),
         make the rest of the reserve now (a receiver, before it accepts: the first burst
         then competes with no file creation), then keep it topped up in the background."""
-        for folder in adopt:
-            self._ready.extend(sorted(p for p in folder.iterdir() if not p.stat().st_size))
-        try:
-            while len(self._ready) < self.reserve:
-                made = self._create(min(FOLDER_FILES, self.reserve - len(self._ready)))
-                with self._lock:
-                    self._ready.extend(made)
-        except OSError as exc:  # disk full or gone: take() creates on demand and says so
-            log.warning("cannot create spool files ahead under %s: %s", self.root, exc)
         with self._lock:
-            self._start()
+            for folder in adopt:
+                self._ready.extend(sorted(p for p in folder.iterdir() if not p.stat().st_size))
+        while self._top_up():
+            pass
+        with self._lock:
+            self._want()
 
     def take(self) -> Path:
         with self._lock:
             self._last_take = time.monotonic()
             path = self._ready.popleft() if self._ready else None
             if len(self._ready) < self.reserve // 2:
-                self._start()
+                self._want()
         if path is not None:
             return path
         made = self._create(ON_DEMAND)
@@ -172,7 +168,8 @@ class FreeFiles:
             self._ready.extend(made[1:])
         return made[0]
 
-    def _start(self) -> None:
+    def _want(self) -> None:
+        """Wake the filler (started the first time), holding the lock."""
         if self._filler is None and self.reserve > 0:
             self._filler = threading.Thread(target=self._refill, name="spool-free", daemon=True)
             self._filler.start()
@@ -184,20 +181,24 @@ class FreeFiles:
         while True:
             self._wanted.wait()
             self._await_lull()
-            with self._lock:
-                short = self.reserve - len(self._ready)
-                if short <= 0:  # wanted again once take() finds the reserve below half
-                    self._wanted.clear()
-                    continue
-            try:
-                made = self._create(min(FOLDER_FILES, short))
-            except OSError as exc:  # disk full or gone: take() creates on demand and says so
-                log.warning("cannot create spool files ahead under %s: %s", self.root, exc)
-                with self._lock:
-                    self._wanted.clear()
-                continue
-            with self._lock:
-                self._ready.extend(made)
+            if not self._top_up():  # full, or failing: wanted again at a take below half
+                self._wanted.clear()
+
+    def _top_up(self) -> bool:
+        """Make a folder of files towards the reserve; False when it is full or none can be
+        made (the disk is full or gone: take() then makes them on demand and says so)."""
+        with self._lock:
+            short = self.reserve - len(self._ready)
+        if short <= 0:
+            return False
+        try:
+            made = self._create(min(FOLDER_FILES, short))
+        except OSError as exc:
+            log.warning("cannot create spool files ahead under %s: %s", self.root, exc)
+            return False
+        with self._lock:
+            self._ready.extend(made)
+        return True
 
     def _await_lull(self) -> None:
         """Creating files competes with the receipts for the CPU and the file system's
